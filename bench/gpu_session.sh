@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# One GPU call = build check + GPU tests + benchmarks, logs under $OUT. Run on the device machine:
+#
+#   here:   python -m build --wheel -o dist .          (compiles the kernel library with nvcc)
+#   device: bash bench/gpu_session.sh [STEP ...]       carry: ["dist", ".whl"]
+#
+# STEPs (default: all, in this order): env tests ops attention comm e2e_flux e2e_wan
+# The device machine has torch, triton and transformers but not diffusers: .whl/ carries it
+# (pip download --no-deps diffusers==0.42.1 importlib_metadata, see the device README).
+set -uo pipefail
+OUT=${OUT:-/tmp/fastdit_out}
+mkdir -p "$OUT"
+STEPS=${*:-env tests ops attention comm e2e_flux e2e_wan}
+export PYTHONUNBUFFERED=1
+
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+  .whl/*.whl dist/fastdit-*.whl >"$OUT/install.log" 2>&1 || { cat "$OUT/install.log"; exit 1; }
+export PYTHONPATH=/tmp/site
+# Tests and benches must see the installed wheel (with its kernel library), never ./python.
+cd "$(mktemp -d)" && cp -r "$OLDPWD/tests" "$OLDPWD/bench" "$OLDPWD/pyproject.toml" . || exit 1
+
+run() {  # run NAME TIMEOUT_S CMD...: one step, its log in $OUT/NAME.log, a status line at the end
+  local name=$1 limit=$2; shift 2
+  local t0=$SECONDS
+  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+  local rc=$?
+  echo "step $name: rc=$rc $((SECONDS - t0))s" | tee -a "$OUT/summary.txt"
+  tail -n 25 "$OUT/$name.log"
+}
+
+for step in $STEPS; do
+  case $step in
+    env) run env 60 python3 -c "import torch, triton, fastdit, fastdit.ops._library as L; \
+print(torch.__version__, triton.__version__, torch.cuda.get_device_name()); print(L.library_status())" ;;
+    tests) run tests 400 python3 -m pytest -q -m gpu -p no:cacheprovider --timeout 300 tests ;;
+    ops) run ops 240 python3 bench/ops.py --json "$OUT/ops.json" ;;
+    attention) run attention 240 python3 bench/attention.py --json "$OUT/attention.json" ;;
+    comm) run comm 120 python3 bench/comm.py --json "$OUT/comm.json" ;;
+    e2e_flux) run e2e_flux 560 python3 bench/e2e_flux.py --json "$OUT/e2e_flux.json" ;;
+    e2e_wan) run e2e_wan 560 python3 bench/e2e_wan.py --json "$OUT/e2e_wan.json" ;;
+    *) echo "unknown step $step (allowed: env tests ops attention comm e2e_flux e2e_wan)"; exit 2 ;;
+  esac
+done
+cat "$OUT/summary.txt"
