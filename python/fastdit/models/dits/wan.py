@@ -1,0 +1,416 @@
+"""Wan2.1 video DiT (WanTransformer3DModel), the same numbers as diffusers' transformer_wan.py.
+
+    video latents [B, C, F, H, W] --patch (1, 2, 2)--> img tokens [B, S, dim], S = F * H/2 * W/2
+    each block:  img = img + gate_msa * SelfAttn(LN(img) * (1 + scale_msa) + shift_msa)   (3-axis RoPE)
+                 img = img + CrossAttn(LN_affine(img), txt [, image tokens])
+                 img = img + c_gate * FFN(LN(img) * (1 + c_scale) + c_shift)
+    out: LN(img) * (1 + scale) + shift -> proj_out -> unpatchify -> [B, C_out, F, H, W]
+
+Q and K are RMS-normalised across all heads (weight [H*D]) before the split into heads. The six
+modulation vectors of a block are `scale_shift_table[1, 6, dim] + time_proj(silu(temb))` (fp32).
+Module names equal the diffusers checkpoint keys. Hot ops go through fastdit.ops with
+`backend=self.kernel_backend`; attention goes through `attn_op(q, k, v)` on [B, S, H, D] tensors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fastdit import ops
+from fastdit.layers.attention import attention
+
+AttnOp = Callable[..., torch.Tensor]
+
+
+def _default_attn_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, joint_txt_len: int = 0) -> torch.Tensor:
+    return attention(q, k, v)
+
+
+# config
+
+
+@dataclasses.dataclass(frozen=True)
+class WanTransformerConfig:
+    """The fields of diffusers' WanTransformer3DModel config.json (defaults: Wan2.1-T2V-14B)."""
+
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    num_attention_heads: int = 40
+    attention_head_dim: int = 128
+    in_channels: int = 16
+    out_channels: int = 16
+    text_dim: int = 4096
+    freq_dim: int = 256
+    ffn_dim: int = 13824
+    num_layers: int = 40
+    cross_attn_norm: bool = True
+    qk_norm: str | None = "rms_norm_across_heads"
+    eps: float = 1e-6
+    image_dim: int | None = None
+    added_kv_proj_dim: int | None = None
+    rope_max_seq_len: int = 1024
+    pos_embed_seq_len: int | None = None
+
+    def __post_init__(self):
+        if self.qk_norm != "rms_norm_across_heads":
+            raise ValueError(f"WanTransformerConfig.qk_norm={self.qk_norm!r}: only 'rms_norm_across_heads' is supported")
+        if self.pos_embed_seq_len is not None:
+            raise ValueError(f"WanTransformerConfig.pos_embed_seq_len={self.pos_embed_seq_len}: Wan2.1 FLF2V is not supported (use None)")
+        if (self.image_dim is None) != (self.added_kv_proj_dim is None):
+            raise ValueError(
+                f"WanTransformerConfig: image_dim={self.image_dim} and added_kv_proj_dim={self.added_kv_proj_dim} "
+                "must be both set (I2V) or both None (T2V)"
+            )
+        if self.added_kv_proj_dim is not None and self.added_kv_proj_dim != self.inner_dim:
+            raise ValueError(
+                f"WanTransformerConfig.added_kv_proj_dim={self.added_kv_proj_dim} must equal heads * head_dim "
+                f"= {self.inner_dim} (image tokens are projected to that width first)"
+            )
+        if self.attention_head_dim % 2:
+            raise ValueError(f"WanTransformerConfig.attention_head_dim={self.attention_head_dim} must be even (RoPE pairs)")
+
+    @property
+    def inner_dim(self) -> int:
+        return self.num_attention_heads * self.attention_head_dim
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "WanTransformerConfig":
+        """Builds the config from a config.json dict: keys starting with "_" are ignored, unknown keys rejected."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(k for k in d if not k.startswith("_") and k not in fields)
+        if unknown:
+            raise ValueError(f"WanTransformerConfig: unknown config keys {unknown}; allowed: {sorted(fields)}")
+        kw = {k: v for k, v in d.items() if k in fields}
+        if "patch_size" in kw:
+            kw["patch_size"] = tuple(kw["patch_size"])
+        return cls(**kw)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["patch_size"] = list(self.patch_size)
+        return d
+
+
+# rope
+
+
+def wan_rope(
+    head_dim: int, grid: tuple[int, int, int], max_seq_len: int = 1024, theta: float = 10000.0, device=None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [S, head_dim/2] fp32 for a (F, H, W) token grid, S = F*H*W in (f, h, w) order.
+
+    The head's rotated pairs split into t, h, w groups (h and w get 2*(D//6) channels each, t the
+    rest); pair i of an axis of size d turns by pos * theta^(-2i/d). Angles in fp64 as diffusers.
+    """
+    h_dim = w_dim = 2 * (head_dim // 6)
+    t_dim = head_dim - h_dim - w_dim
+    angles = []
+    for axis, (dim, n) in enumerate(zip((t_dim, h_dim, w_dim), grid)):
+        if n > max_seq_len:
+            raise ValueError(f"wan_rope: grid axis {axis} has {n} positions, more than rope_max_seq_len={max_seq_len}")
+        freqs = 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float64, device=device) / dim)
+        a = torch.outer(torch.arange(n, dtype=torch.float64, device=device), freqs)  # [n, dim/2]
+        shape = [1, 1, 1, dim // 2]
+        shape[axis] = n
+        angles.append(a.view(shape).expand(*grid, dim // 2))
+    ang = torch.cat(angles, dim=-1).reshape(-1, head_dim // 2)  # [S, D/2]
+    return ang.cos().float(), ang.sin().float()
+
+
+# attention
+
+
+class WanAttention(nn.Module):
+    """Self- or cross-attention with RMSNorm of q and k over all heads (weight [H*D]).
+
+    Cross-attention of the I2V model also attends to image tokens through add_k_proj / add_v_proj
+    (k normalised by norm_added_k), and adds the two attention outputs.
+    """
+
+    def __init__(self, dim: int, heads: int, eps: float, added_kv_proj_dim: int | None = None):
+        super().__init__()
+        self.heads = heads
+        self.eps = eps
+        self.to_q = nn.Linear(dim, dim)
+        self.to_k = nn.Linear(dim, dim)
+        self.to_v = nn.Linear(dim, dim)
+        self.to_out = nn.ModuleList([nn.Linear(dim, dim)])
+        self.norm_q = nn.RMSNorm(dim, eps=eps)
+        self.norm_k = nn.RMSNorm(dim, eps=eps)
+        if added_kv_proj_dim is not None:
+            self.add_k_proj = nn.Linear(added_kv_proj_dim, dim)
+            self.add_v_proj = nn.Linear(added_kv_proj_dim, dim)
+            self.norm_added_k = nn.RMSNorm(dim, eps=eps)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-1, (self.heads, -1))  # [B, S, H*D] -> [B, S, H, D]
+
+    def self_attention(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], attn_op: AttnOp, backend: str
+    ) -> torch.Tensor:
+        """x [B, S, dim] -> [B, S, dim]; q, k normalised and rotated in place by one fused op."""
+        q = self._heads(self.to_q(x))
+        k = self._heads(self.to_k(x))
+        v = self._heads(self.to_v(x))
+        cos, sin = rope
+        q, k = ops.qk_norm_rope(
+            q, k, self.norm_q.weight, self.norm_k.weight, cos, sin,
+            style="interleaved", norm="across_heads", eps=self.eps, backend=backend,
+        )
+        out = attn_op(q, k, v)  # [B, S, H, D]
+        return self.to_out[0](out.flatten(2))
+
+    def cross_attention(
+        self, x: torch.Tensor, txt: torch.Tensor, img_ctx: torch.Tensor | None, attn_op: AttnOp, backend: str
+    ) -> torch.Tensor:
+        """x [B, S, dim] attends to txt [B, S_txt, dim] (and img_ctx [B, S_ctx, dim] for I2V)."""
+        q = self._heads(ops.rms_norm(self.to_q(x), self.norm_q.weight, self.eps, backend=backend))
+        k = self._heads(ops.rms_norm(self.to_k(txt), self.norm_k.weight, self.eps, backend=backend))
+        v = self._heads(self.to_v(txt))
+        out = attn_op(q, k, v)
+        if img_ctx is not None:
+            k_img = ops.rms_norm(self.add_k_proj(img_ctx), self.norm_added_k.weight, self.eps, backend=backend)
+            v_img = self.add_v_proj(img_ctx)
+            out = out + attn_op(q, self._heads(k_img), self._heads(v_img))
+        return self.to_out[0](out.flatten(2))
+
+
+# blocks
+
+
+class Modulation(NamedTuple):
+    """adaLN vectors of one block, each [B, dim] fp32: msa for self-attention, c_ for the FFN."""
+
+    shift_msa: torch.Tensor
+    scale_msa: torch.Tensor
+    gate_msa: torch.Tensor
+    c_shift: torch.Tensor
+    c_scale: torch.Tensor
+    c_gate: torch.Tensor
+
+
+class GELUProj(nn.Module):
+    """diffusers' GELU activation module: a Linear followed by GELU (tanh or exact)."""
+
+    def __init__(self, dim_in: int, dim_out: int, approximate: str):
+        super().__init__()
+        self.proj = nn.Linear(dim_in, dim_out)
+        self.approximate = approximate
+
+    def forward(self, x: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+        x = self.proj(x)
+        if self.approximate == "tanh":
+            return ops.gelu_tanh(x, backend=backend)
+        return F.gelu(x)
+
+
+class FeedForward(nn.Module):
+    """net.0 = Linear + GELU, net.2 = Linear (net.1 is diffusers' dropout, weightless, so absent here)."""
+
+    def __init__(self, dim: int, inner_dim: int, dim_out: int, approximate: str):
+        super().__init__()
+        self.net = nn.ModuleDict({"0": GELUProj(dim, inner_dim, approximate), "2": nn.Linear(inner_dim, dim_out)})
+
+    def forward(self, x: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+        return self.net["2"](self.net["0"](x, backend))
+
+
+class WanTransformerBlock(nn.Module):
+    def __init__(self, cfg: WanTransformerConfig):
+        super().__init__()
+        dim = cfg.inner_dim
+        self.eps = cfg.eps
+        self.attn1 = WanAttention(dim, cfg.num_attention_heads, cfg.eps)
+        self.attn2 = WanAttention(dim, cfg.num_attention_heads, cfg.eps, cfg.added_kv_proj_dim)
+        # norm2 is the (affine) LayerNorm in front of cross-attention; diffusers' Identity when off.
+        self.norm2 = nn.LayerNorm(dim, eps=cfg.eps) if cfg.cross_attn_norm else None
+        self.ffn = FeedForward(dim, cfg.ffn_dim, dim, approximate="tanh")
+        self.scale_shift_table = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
+
+    def modulation(self, timestep_proj: torch.Tensor) -> Modulation:
+        """timestep_proj [B, 6, dim] -> six [B, dim] fp32 vectors (strided views of one tensor)."""
+        mod = self.scale_shift_table.float() + timestep_proj.float()  # [B, 6, dim]
+        return Modulation(*mod.unbind(1))
+
+    def forward(
+        self,
+        img: torch.Tensor,
+        txt: torch.Tensor,
+        img_ctx: torch.Tensor | None,
+        timestep_proj: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        attn_op: AttnOp,
+        backend: str,
+    ) -> torch.Tensor:
+        """img [B, S, dim], txt [B, S_txt, dim], img_ctx [B, S_ctx, dim] | None, timestep_proj [B, 6, dim]."""
+        m = self.modulation(timestep_proj)
+        dtype = img.dtype
+
+        # self-attention
+        x = ops.layer_norm_modulate(img, m.shift_msa, m.scale_msa, self.eps, backend=backend)
+        attn = self.attn1.self_attention(x, rope, attn_op, backend)
+        img = (img.float() + attn * m.gate_msa[:, None]).to(dtype)
+
+        # cross-attention
+        x = img if self.norm2 is None else F.layer_norm(
+            img.float(), self.norm2.normalized_shape, self.norm2.weight.float(), self.norm2.bias.float(), self.eps
+        ).to(dtype)
+        img = img + self.attn2.cross_attention(x, txt, img_ctx, attn_op, backend)
+
+        # feed-forward
+        x = ops.layer_norm_modulate(img, m.c_shift, m.c_scale, self.eps, backend=backend)
+        ff = self.ffn(x, backend)
+        return (img.float() + ff.float() * m.c_gate[:, None]).to(dtype)
+
+
+# embeddings
+
+
+class TimestepEmbedding(nn.Module):
+    """linear_1 -> SiLU -> linear_2 (diffusers' TimestepEmbedding)."""
+
+    def __init__(self, in_dim: int, dim: int):
+        super().__init__()
+        self.linear_1 = nn.Linear(in_dim, dim)
+        self.linear_2 = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(F.silu(self.linear_1(x)))
+
+
+class TextProjection(nn.Module):
+    """linear_1 -> GELU(tanh) -> linear_2 (diffusers' PixArtAlphaTextProjection)."""
+
+    def __init__(self, in_dim: int, dim: int):
+        super().__init__()
+        self.linear_1 = nn.Linear(in_dim, dim)
+        self.linear_2 = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+        return self.linear_2(ops.gelu_tanh(self.linear_1(x), backend=backend))
+
+
+def _fp32_layer_norm(x: torch.Tensor, ln: nn.LayerNorm) -> torch.Tensor:
+    w = ln.weight.float() if ln.weight is not None else None
+    b = ln.bias.float() if ln.bias is not None else None
+    return F.layer_norm(x.float(), ln.normalized_shape, w, b, ln.eps).to(x.dtype)
+
+
+class WanImageEmbedding(nn.Module):
+    """CLIP image tokens [B, 257, image_dim] -> [B, 257, dim]: LN -> FFN(exact GELU) -> LN (fp32 norms)."""
+
+    def __init__(self, in_dim: int, dim: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(in_dim)
+        self.ff = FeedForward(in_dim, in_dim, dim, approximate="none")
+        self.norm2 = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _fp32_layer_norm(self.ff(_fp32_layer_norm(x, self.norm1)), self.norm2)
+
+
+class WanTimeTextImageEmbedding(nn.Module):
+    def __init__(self, cfg: WanTransformerConfig):
+        super().__init__()
+        dim = cfg.inner_dim
+        self.freq_dim = cfg.freq_dim
+        self.time_embedder = TimestepEmbedding(cfg.freq_dim, dim)
+        self.time_proj = nn.Linear(dim, 6 * dim)
+        self.text_embedder = TextProjection(cfg.text_dim, dim)
+        self.image_embedder = WanImageEmbedding(cfg.image_dim, dim) if cfg.image_dim is not None else None
+
+    def time(self, timestep: torch.Tensor, dtype: torch.dtype, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """timestep [B] (0..1000) -> temb [B, dim], timestep_proj [B, 6, dim]."""
+        t_freq = ops.timestep_embedding(timestep, self.freq_dim, flip_sin_to_cos=True, backend=backend)
+        t_freq = t_freq.to(self.time_embedder.linear_1.weight.dtype)
+        temb = self.time_embedder(t_freq).to(dtype)
+        timestep_proj = self.time_proj(F.silu(temb))
+        return temb, timestep_proj.unflatten(1, (6, -1))
+
+
+# model
+
+
+class WanTransformer3DModel(nn.Module):
+    """Wan2.1 DiT. forward(hidden_states [B, C_in, F, H, W], timestep [B], encoder_hidden_states
+    [B, S_txt, text_dim], encoder_hidden_states_image [B, S_ctx, image_dim] | None) -> [B, C_out, F, H, W].
+    """
+
+    def __init__(self, config: WanTransformerConfig, attn_op: AttnOp | None = None, kernel_backend: str = "auto"):
+        super().__init__()
+        self.config = config
+        self.kernel_backend = kernel_backend
+        self.attn_op = attn_op or _default_attn_op
+        dim = config.inner_dim
+        self.patch_embedding = nn.Conv3d(config.in_channels, dim, kernel_size=config.patch_size, stride=config.patch_size)
+        self.condition_embedder = WanTimeTextImageEmbedding(config)
+        self.blocks = nn.ModuleList([WanTransformerBlock(config) for _ in range(config.num_layers)])
+        self.norm_out = nn.LayerNorm(dim, eps=config.eps, elementwise_affine=False)
+        self.proj_out = nn.Linear(dim, config.out_channels * math.prod(config.patch_size))
+        self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
+
+    def set_attn_op(self, attn_op: AttnOp) -> None:
+        self.attn_op = attn_op
+
+    def grid(self, latent_shape: torch.Size | tuple[int, ...]) -> tuple[int, int, int]:
+        """Token grid (F', H', W') of latents [B, C, F, H, W] after patching."""
+        p_t, p_h, p_w = self.config.patch_size
+        _, _, f, h, w = latent_shape
+        if f % p_t or h % p_h or w % p_w:
+            raise ValueError(f"WanTransformer3DModel: latent size (F, H, W)=({f}, {h}, {w}) must divide by patch_size {self.config.patch_size}")
+        return f // p_t, h // p_h, w // p_w
+
+    def rope(self, latent_shape, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [S, D/2] for latents of this shape: step-invariant, computed once per request."""
+        cfg = self.config
+        return wan_rope(cfg.attention_head_dim, self.grid(latent_shape), cfg.rope_max_seq_len, device=device)
+
+    def encode_context(
+        self, encoder_hidden_states: torch.Tensor, encoder_hidden_states_image: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Projects text [B, S_txt, text_dim] and image [B, S_ctx, image_dim] tokens to dim (step-invariant)."""
+        emb = self.condition_embedder
+        txt = emb.text_embedder(encoder_hidden_states, self.kernel_backend)
+        if encoder_hidden_states_image is None:
+            if emb.image_embedder is not None:
+                raise ValueError("WanTransformer3DModel: this I2V model needs encoder_hidden_states_image")
+            return txt, None
+        if emb.image_embedder is None:
+            raise ValueError("WanTransformer3DModel: encoder_hidden_states_image given to a T2V model (image_dim=None)")
+        return txt, emb.image_embedder(encoder_hidden_states_image)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_hidden_states_image: torch.Tensor | None = None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        backend = self.kernel_backend
+        B = hidden_states.shape[0]
+        f, h, w = self.grid(hidden_states.shape)
+        if rope is None:
+            rope = self.rope(hidden_states.shape, device=hidden_states.device)
+
+        # embeddings
+        img = self.patch_embedding(hidden_states).flatten(2).transpose(1, 2).contiguous()  # [B, S, dim]
+        temb, timestep_proj = self.condition_embedder.time(timestep, img.dtype, backend)
+        txt, img_ctx = self.encode_context(encoder_hidden_states, encoder_hidden_states_image)
+
+        # blocks
+        for block in self.blocks:
+            img = block(img, txt, img_ctx, timestep_proj, rope, self.attn_op, backend)
+
+        # output norm, projection, unpatchify
+        shift, scale = (self.scale_shift_table.float() + temb.float()[:, None]).unbind(1)  # [B, dim] each
+        img = ops.layer_norm_modulate(img, shift, scale, self.config.eps, backend=backend)
+        img = self.proj_out(img)  # [B, S, p_t*p_h*p_w*C_out]
+        p_t, p_h, p_w = self.config.patch_size
+        img = img.reshape(B, f, h, w, p_t, p_h, p_w, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
+        return img.reshape(B, -1, f * p_t, h * p_h, w * p_w)
