@@ -1,0 +1,54 @@
+// gelu_tanh: y = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), fp32 math, on a flat array.
+// 16-byte vectors over a grid-stride loop, the last n % 8 elements one by one.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "vector_io.cuh"
+
+namespace fastdit {
+
+template <typename T>
+struct GeluTanhParams {
+  const T* x;  // [n], 16-byte aligned
+  T* out;      // [n], 16-byte aligned
+  int64_t n;
+};
+
+__device__ __forceinline__ float gelu_tanh_f32(float x) {
+  constexpr float kSqrt2OverPi = 0.7978845608028654f;
+  return 0.5f * x * (1.f + tanhf(kSqrt2OverPi * (x + 0.044715f * x * x * x)));
+}
+
+template <typename T>
+__global__ void gelu_tanh_kernel(GeluTanhParams<T> p) {
+  const int64_t vectors = p.n / kVecElems;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < vectors; i += stride) {
+    float v[kVecElems];
+    load8(p.x + i * kVecElems, v);
+#pragma unroll
+    for (int e = 0; e < kVecElems; ++e) v[e] = gelu_tanh_f32(v[e]);
+    store8(p.out + i * kVecElems, v);
+  }
+  const int64_t tail = vectors * kVecElems + int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (tail < p.n) {
+    p.out[tail] = HalfTraits<T>::from_float(gelu_tanh_f32(HalfTraits<T>::to_float(p.x[tail])));
+  }
+}
+
+template <typename T>
+void launch_gelu_tanh(const GeluTanhParams<T>& p, cudaStream_t stream, int sm_count) {
+  constexpr int kThreads = 256;
+  const int64_t vectors = p.n / kVecElems;
+  // Enough blocks to fill every SM several times over; the grid-stride loop covers the rest.
+  int64_t blocks = (vectors + kThreads - 1) / kThreads;
+  const int64_t cap = int64_t(sm_count) * 16;
+  if (blocks > cap) blocks = cap;
+  if (blocks < 1) blocks = 1;
+  gelu_tanh_kernel<T><<<dim3(unsigned(blocks)), kThreads, 0, stream>>>(p);
+}
+
+}  // namespace fastdit

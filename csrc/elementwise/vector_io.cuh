@@ -1,0 +1,65 @@
+// 16-byte vector loads and stores of 8 half-precision elements, converted to and from fp32.
+// Every memory-bound kernel here moves data in these units: one 16-byte access per thread,
+// coalesced across the warp, with the math in fp32 registers.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+namespace fastdit {
+
+constexpr int kVecElems = 8;  // 8 x 2-byte elements = one 16-byte access
+
+template <typename T>
+struct HalfTraits;
+
+template <>
+struct HalfTraits<__nv_bfloat16> {
+  using Pair = __nv_bfloat162;
+  static __device__ __forceinline__ float2 to_float2(Pair p) { return __bfloat1622float2(p); }
+  static __device__ __forceinline__ Pair from_float2(float2 f) { return __float22bfloat162_rn(f); }
+  static __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+  static __device__ __forceinline__ __nv_bfloat16 from_float(float v) { return __float2bfloat16_rn(v); }
+};
+
+template <>
+struct HalfTraits<__half> {
+  using Pair = __half2;
+  static __device__ __forceinline__ float2 to_float2(Pair p) { return __half22float2(p); }
+  static __device__ __forceinline__ Pair from_float2(float2 f) { return __float22half2_rn(f); }
+  static __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+  static __device__ __forceinline__ __half from_float(float v) { return __float2half_rn(v); }
+};
+
+// Loads 8 elements of T at p (16-byte aligned) into fp32.
+template <typename T>
+__device__ __forceinline__ void load8(const T* p, float (&out)[kVecElems]) {
+  uint4 raw = *reinterpret_cast<const uint4*>(p);
+  const auto* pairs = reinterpret_cast<const typename HalfTraits<T>::Pair*>(&raw);
+#pragma unroll
+  for (int i = 0; i < kVecElems / 2; ++i) {
+    float2 f = HalfTraits<T>::to_float2(pairs[i]);
+    out[2 * i] = f.x;
+    out[2 * i + 1] = f.y;
+  }
+}
+
+// Rounds 8 fp32 values to T and stores them at p (16-byte aligned).
+template <typename T>
+__device__ __forceinline__ void store8(T* p, const float (&in)[kVecElems]) {
+  uint4 raw;
+  auto* pairs = reinterpret_cast<typename HalfTraits<T>::Pair*>(&raw);
+#pragma unroll
+  for (int i = 0; i < kVecElems / 2; ++i) pairs[i] = HalfTraits<T>::from_float2(make_float2(in[2 * i], in[2 * i + 1]));
+  *reinterpret_cast<uint4*>(p) = raw;
+}
+
+// Rounds one fp32 value through T, as the reference's `.to(dtype)` does between two ops.
+template <typename T>
+__device__ __forceinline__ float round_through(float v) {
+  return HalfTraits<T>::to_float(HalfTraits<T>::from_float(v));
+}
+
+}  // namespace fastdit

@@ -1,0 +1,65 @@
+// How a row-wise kernel spreads one row (a token's features) over threads, and the in-row sum.
+//
+// A row of `dim` half-precision elements is `chunks = dim / 8` 16-byte vectors. `threads_per_row`
+// threads share a row; thread t holds chunks t, t + threads_per_row, ... (at most kMaxVecsPerThread of
+// them) in fp32 registers, so a row is read once and written once whatever the op does in between.
+// Narrow rows (dim <= 256) pack several rows into one block of 256 threads; wide rows get up to 256
+// threads each. Used by the norm kernels and by qk_norm_rope (a row there is one token's heads).
+#pragma once
+
+#include <cstdint>
+
+namespace fastdit {
+
+constexpr int kMaxVecsPerThread = 4;
+constexpr int kMaxThreadsPerRow = 256;
+constexpr int kBlockThreads = 256;
+// The widest row the register-resident kernels take: 256 threads x 4 vectors x 8 elements.
+constexpr int64_t kMaxRowElems = int64_t(kMaxThreadsPerRow) * kMaxVecsPerThread * 8;
+
+struct RowLayout {
+  int threads_per_row;  // a power of two below 32, else a multiple of 32 (whole warps)
+  int rows_per_block;
+  int vecs_per_thread;  // <= kMaxVecsPerThread
+  int block_threads() const { return threads_per_row * rows_per_block; }
+};
+
+inline RowLayout make_row_layout(int64_t chunks) {
+  RowLayout layout;
+  if (chunks <= 32) {
+    int tpr = 1;
+    while (tpr < chunks) tpr *= 2;
+    layout.threads_per_row = tpr;
+  } else {
+    int64_t rounded = (chunks + 31) / 32 * 32;
+    layout.threads_per_row = int(rounded < kMaxThreadsPerRow ? rounded : kMaxThreadsPerRow);
+  }
+  layout.rows_per_block = layout.threads_per_row >= kBlockThreads ? 1 : kBlockThreads / layout.threads_per_row;
+  layout.vecs_per_thread = int((chunks + layout.threads_per_row - 1) / layout.threads_per_row);
+  return layout;
+}
+
+// Sum of v over the lanes of an aligned group of `width` lanes (a power of two <= 32). Every lane of
+// the warp must call it, whether or not its row exists: the shuffles use the full mask.
+__device__ __forceinline__ float group_sum(float v, int width) {
+  for (int offset = width / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// Sum of v over the threads of this thread's row. `scratch` holds one float per warp of the block.
+// Every thread of the block must call it (it synchronizes the block when a row spans several warps).
+__device__ __forceinline__ float row_sum(float v, int threads_per_row, float* scratch) {
+  v = group_sum(v, threads_per_row < 32 ? threads_per_row : 32);
+  if (threads_per_row <= 32) return v;
+  const int warp = threadIdx.x / 32;
+  const int warps_per_row = threads_per_row / 32;
+  const int first_warp = warp / warps_per_row * warps_per_row;
+  if (threadIdx.x % 32 == 0) scratch[warp] = v;
+  __syncthreads();
+  float total = 0.f;
+  for (int w = 0; w < warps_per_row; ++w) total += scratch[first_warp + w];
+  __syncthreads();  // scratch is reused by the next reduction
+  return total;
+}
+
+}  // namespace fastdit
