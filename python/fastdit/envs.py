@@ -9,6 +9,7 @@ only through this module, so that `python -m fastdit.generate --help` and this f
 | FASTDIT_KERNEL_BACKEND     | --kernel-backend         | force the fused ops' backend: auto, cuda, triton, torch   |
 | FASTDIT_ATTENTION_BACKEND  | --attention-backend      | force the attention backend (see layers/attention)        |
 | FASTDIT_LOG_LEVEL          | (none)                   | logging level of the `fastdit` logger (default INFO)      |
+| TRITON_INTERPRET           | (none; Triton's own)     | "1": Triton kernels run on the CPU interpreter (tests)    |
 """
 
 from __future__ import annotations
@@ -35,3 +36,7 @@ def attention_backend() -> str:
 
 def log_level() -> str:
     return _get("FASTDIT_LOG_LEVEL", "INFO")
+
+
+def triton_interpret() -> bool:
+    return _get("TRITON_INTERPRET", "0") == "1"
