@@ -1,0 +1,318 @@
+"""FLUX.1 transformer (black-forest-labs/FLUX.1-dev): the same numbers as diffusers' FluxTransformer2DModel.
+
+    txt = context_embedder(T5 states)                          # [B, S_txt, D]
+    img = x_embedder(packed latents)                           # [B, S_img, D]
+    temb = time_text_embed(t * 1000, g * 1000, CLIP pooled)    # [B, D]
+    19 double-stream blocks: img and txt keep their own weights, attend jointly over [txt, img]
+    38 single-stream blocks over x = [txt, img]: attention and MLP in parallel from one modulated norm
+    out = proj_out(LN(img) * (1 + scale) + shift)              # [B, S_img, out_dim]
+
+Module names equal the diffusers checkpoint keys. Norms, modulation, QK-norm + RoPE and GELU go through
+fastdit.ops (backend = kernel_backend); attention through `attn_op(q, k, v, joint_txt_len=S_txt)` on
+[B, S, H, Dh] tensors, whose text tokens lead the sequence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastdit.configs.flux import FluxTransformerConfig, flux_transformer_preset
+from fastdit.layers.attention import attention
+from fastdit.layers.embeddings import CombinedTimestepGuidanceTextProjEmbeddings
+from fastdit.layers.rope import rope_cos_sin
+from fastdit.loader.weights import build_module, init_dummy_weights, load_state_dict, load_weights, read_config
+from fastdit.log import get_logger
+from fastdit.ops import gated_residual_norm_modulate, gelu_tanh, layer_norm_modulate, qk_norm_rope
+
+AttnOp = Callable[..., torch.Tensor]
+Rope = tuple[torch.Tensor, torch.Tensor]  # (cos, sin), each [S_txt + S_img, Dh / 2] fp32
+NORM_EPS = 1e-6  # every LayerNorm and QK RMSNorm in FLUX
+ROPE_THETA = 10000.0
+
+
+def sdpa_attn_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, joint_txt_len: int = 0) -> torch.Tensor:
+    """The default attention op: torch SDPA; single-GPU, so joint_txt_len is not needed."""
+    return attention(q, k, v)
+
+
+# helpers
+
+
+@dataclass(frozen=True)
+class Modulation:
+    """One adaLN modulation: y = LN(x) * (1 + scale) + shift, then residual + gate * f(y). Each [B, D]."""
+
+    shift: torch.Tensor
+    scale: torch.Tensor
+    gate: torch.Tensor
+
+
+class AdaLayerNormZero(nn.Module):
+    """`linear(silu(temb))` chunked into `n` Modulations of (shift, scale, gate), in diffusers' order
+    (double block: shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp)."""
+
+    def __init__(self, dim: int, n: int) -> None:
+        super().__init__()
+        self.n = n
+        self.linear = nn.Linear(dim, 3 * n * dim)
+
+    def forward(self, silu_temb: torch.Tensor) -> tuple[Modulation, ...]:
+        chunks = self.linear(silu_temb).chunk(3 * self.n, dim=1)
+        return tuple(Modulation(*chunks[3 * i : 3 * i + 3]) for i in range(self.n))
+
+
+class AdaLayerNormContinuous(nn.Module):
+    """norm_out: (scale, shift) = linear(silu(temb)) -- scale first, as diffusers; LN(x) * (1 + scale) + shift."""
+
+    def __init__(self, dim: int, kernel_backend: str) -> None:
+        super().__init__()
+        self.kernel_backend = kernel_backend
+        self.linear = nn.Linear(dim, 2 * dim)
+
+    def forward(self, x: torch.Tensor, silu_temb: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.linear(silu_temb).chunk(2, dim=1)
+        return layer_norm_modulate(x, shift, scale, NORM_EPS, backend=self.kernel_backend)
+
+
+class QKNorm(nn.Module):
+    """The RMSNorm weight [Dh] of q or k (checkpoint key `norm_q.weight`); applied inside qk_norm_rope."""
+
+    def __init__(self, head_dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(head_dim))
+
+
+class GELUProj(nn.Module):
+    """gelu_tanh(proj(x)): diffusers' GELU(approximate="tanh") activation module, ff.net.0."""
+
+    def __init__(self, dim: int, inner_dim: int, kernel_backend: str) -> None:
+        super().__init__()
+        self.kernel_backend = kernel_backend
+        self.proj = nn.Linear(dim, inner_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return gelu_tanh(self.proj(x), backend=self.kernel_backend)
+
+
+class FeedForward(nn.Module):
+    """net.2(gelu_tanh(net.0.proj(x))), hidden 4 * dim."""
+
+    def __init__(self, dim: int, kernel_backend: str) -> None:
+        super().__init__()
+        # net.1 is diffusers' Dropout (no weights): kept so the output Linear keeps its checkpoint index 2.
+        self.net = nn.ModuleList([GELUProj(dim, 4 * dim, kernel_backend), nn.Identity(), nn.Linear(4 * dim, dim)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net[2](self.net[0](x))
+
+
+# attention
+
+
+class FluxAttention(nn.Module):
+    """Q/K/V projections, per-head RMSNorm of q and k, interleaved RoPE, attention.
+
+    joint=True (double block): img uses to_q/to_k/to_v/norm_q/norm_k/to_out.0, txt uses add_*_proj/
+    norm_added_*/to_add_out; both attend over [txt, img]. joint=False (single block): one stream, no
+    output projection (the block's proj_out follows)."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int, joint: bool, kernel_backend: str) -> None:
+        super().__init__()
+        self.head_dim = head_dim
+        self.kernel_backend = kernel_backend
+        inner = heads * head_dim
+        self.to_q, self.to_k, self.to_v = (nn.Linear(dim, inner) for _ in range(3))
+        self.norm_q, self.norm_k = QKNorm(head_dim), QKNorm(head_dim)
+        if joint:
+            self.to_out = nn.ModuleList([nn.Linear(inner, dim)])  # to_out.1 is a Dropout in diffusers
+            self.add_q_proj, self.add_k_proj, self.add_v_proj = (nn.Linear(dim, inner) for _ in range(3))
+            self.norm_added_q, self.norm_added_k = QKNorm(head_dim), QKNorm(head_dim)
+            self.to_add_out = nn.Linear(inner, dim)
+
+    def _heads(self, x: torch.Tensor, to_q: nn.Linear, to_k: nn.Linear, to_v: nn.Linear, norm_q: QKNorm,
+               norm_k: QKNorm, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """x [B, S, D] -> q, k, v [B, S, H, Dh], q and k RMS-normed per head and rotated."""
+        q, k, v = (proj(x).unflatten(-1, (-1, self.head_dim)) for proj in (to_q, to_k, to_v))
+        qk_norm_rope(q, k, norm_q.weight, norm_k.weight, cos, sin, style="interleaved", norm="per_head",
+                     eps=NORM_EPS, backend=self.kernel_backend)
+        return q, k, v
+
+    def forward_single(self, x: torch.Tensor, rope: Rope, attn_op: AttnOp, txt_len: int) -> torch.Tensor:
+        """x [B, S_txt + S_img, D] -> attention output [B, S, H * Dh]."""
+        q, k, v = self._heads(x, self.to_q, self.to_k, self.to_v, self.norm_q, self.norm_k, *rope)
+        return attn_op(q, k, v, joint_txt_len=txt_len).flatten(2)
+
+    def forward_joint(self, img: torch.Tensor, txt: torch.Tensor, rope: Rope,
+                      attn_op: AttnOp) -> tuple[torch.Tensor, torch.Tensor]:
+        """img [B, S_img, D], txt [B, S_txt, D] -> (img_out, txt_out), same shapes."""
+        txt_len = txt.shape[1]
+        cos, sin = rope
+        q, k, v = self._heads(img, self.to_q, self.to_k, self.to_v, self.norm_q, self.norm_k,
+                              cos[txt_len:], sin[txt_len:])
+        c_q, c_k, c_v = self._heads(txt, self.add_q_proj, self.add_k_proj, self.add_v_proj, self.norm_added_q,
+                                    self.norm_added_k, cos[:txt_len], sin[:txt_len])
+        q, k, v = (torch.cat(pair, dim=1) for pair in ((c_q, q), (c_k, k), (c_v, v)))  # [B, S_txt + S_img, H, Dh]
+        out = attn_op(q, k, v, joint_txt_len=txt_len).flatten(2)
+        return self.to_out[0](out[:, txt_len:]), self.to_add_out(out[:, :txt_len])
+
+
+# blocks
+
+
+def _clip_fp16(x: torch.Tensor) -> torch.Tensor:
+    # diffusers clips the residual stream of fp16 runs to the finite fp16 range (and only those).
+    return x.clip(-65504, 65504) if x.dtype == torch.float16 else x
+
+
+class FluxTransformerBlock(nn.Module):
+    """Double-stream block: per stream, x += gate_msa * attn(mod(LN(x))); x += gate_mlp * ff(mod(LN(x))),
+    with attention joint over [txt, img]."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int, kernel_backend: str, attn_op: AttnOp) -> None:
+        super().__init__()
+        self.kernel_backend = kernel_backend
+        self.attn_op = attn_op
+        self.norm1 = AdaLayerNormZero(dim, 2)
+        self.norm1_context = AdaLayerNormZero(dim, 2)
+        self.attn = FluxAttention(dim, heads, head_dim, joint=True, kernel_backend=kernel_backend)
+        self.ff = FeedForward(dim, kernel_backend)
+        self.ff_context = FeedForward(dim, kernel_backend)
+
+    def forward(self, img: torch.Tensor, txt: torch.Tensor, silu_temb: torch.Tensor,
+                rope: Rope) -> tuple[torch.Tensor, torch.Tensor]:
+        backend = self.kernel_backend
+        img_msa, img_mlp = self.norm1(silu_temb)
+        txt_msa, txt_mlp = self.norm1_context(silu_temb)
+        # attention
+        img_in = layer_norm_modulate(img, img_msa.shift, img_msa.scale, NORM_EPS, backend=backend)
+        txt_in = layer_norm_modulate(txt, txt_msa.shift, txt_msa.scale, NORM_EPS, backend=backend)
+        img_attn, txt_attn = self.attn.forward_joint(img_in, txt_in, rope, self.attn_op)
+        # feed-forward: the gated residual of attention fused with the next modulated norm
+        img, img_in = gated_residual_norm_modulate(img, img_attn, img_msa.gate, img_mlp.shift, img_mlp.scale,
+                                                   NORM_EPS, backend=backend)
+        txt, txt_in = gated_residual_norm_modulate(txt, txt_attn, txt_msa.gate, txt_mlp.shift, txt_mlp.scale,
+                                                   NORM_EPS, backend=backend)
+        img = torch.addcmul(img, img_mlp.gate.unsqueeze(1), self.ff(img_in))
+        txt = torch.addcmul(txt, txt_mlp.gate.unsqueeze(1), self.ff_context(txt_in))
+        return img, _clip_fp16(txt)
+
+
+class FluxSingleTransformerBlock(nn.Module):
+    """Single-stream block over x = [txt, img]: y = mod(LN(x));
+    x += gate * proj_out(cat(attn(y), gelu_tanh(proj_mlp(y))))."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int, kernel_backend: str, attn_op: AttnOp) -> None:
+        super().__init__()
+        self.kernel_backend = kernel_backend
+        self.attn_op = attn_op
+        mlp_dim = 4 * dim
+        self.norm = AdaLayerNormZero(dim, 1)
+        self.proj_mlp = nn.Linear(dim, mlp_dim)
+        self.attn = FluxAttention(dim, heads, head_dim, joint=False, kernel_backend=kernel_backend)
+        self.proj_out = nn.Linear(dim + mlp_dim, dim)
+
+    def forward(self, x: torch.Tensor, silu_temb: torch.Tensor, rope: Rope, txt_len: int) -> torch.Tensor:
+        (mod,) = self.norm(silu_temb)
+        y = layer_norm_modulate(x, mod.shift, mod.scale, NORM_EPS, backend=self.kernel_backend)
+        # attention and MLP in parallel, from the same normed input
+        attn_out = self.attn.forward_single(y, rope, self.attn_op, txt_len)
+        mlp_out = gelu_tanh(self.proj_mlp(y), backend=self.kernel_backend)
+        out = self.proj_out(torch.cat([attn_out, mlp_out], dim=2))
+        return _clip_fp16(torch.addcmul(x, mod.gate.unsqueeze(1), out))
+
+
+# the model
+
+
+class FluxTransformer2DModel(nn.Module):
+    """forward(hidden_states [B, S_img, in_ch], encoder_hidden_states [B, S_txt, joint_dim],
+    pooled_projections [B, pool_dim], timestep [B] (t / 1000, as FluxPipeline passes it), img_ids [S_img, 3],
+    txt_ids [S_txt, 3], guidance [B] | None, rope=None) -> [B, S_img, out_dim].
+
+    `rope` is `model.rope(img_ids, txt_ids)`, computed once per request by the caller; when None it is
+    computed here. `set_attn_op(op)` swaps the attention op of every block (sequence parallel uses it)."""
+
+    def __init__(self, config: FluxTransformerConfig, attn_op: AttnOp | None = None,
+                 kernel_backend: str = "auto") -> None:
+        super().__init__()
+        self.config = config
+        self.kernel_backend = kernel_backend
+        attn_op = attn_op or sdpa_attn_op
+        dim, heads, head_dim = config.inner_dim, config.num_attention_heads, config.attention_head_dim
+        self.time_text_embed = CombinedTimestepGuidanceTextProjEmbeddings(
+            dim, config.pooled_projection_dim, config.guidance_embeds, kernel_backend
+        )
+        self.context_embedder = nn.Linear(config.joint_attention_dim, dim)
+        self.x_embedder = nn.Linear(config.in_channels, dim)
+        self.transformer_blocks = nn.ModuleList(
+            FluxTransformerBlock(dim, heads, head_dim, kernel_backend, attn_op) for _ in range(config.num_layers)
+        )
+        self.single_transformer_blocks = nn.ModuleList(
+            FluxSingleTransformerBlock(dim, heads, head_dim, kernel_backend, attn_op)
+            for _ in range(config.num_single_layers)
+        )
+        self.norm_out = AdaLayerNormContinuous(dim, kernel_backend)
+        self.proj_out = nn.Linear(dim, config.out_dim)
+
+    def set_attn_op(self, attn_op: AttnOp) -> None:
+        for block in (*self.transformer_blocks, *self.single_transformer_blocks):
+            block.attn_op = attn_op
+
+    def rope(self, img_ids: torch.Tensor, txt_ids: torch.Tensor) -> Rope:
+        """(cos, sin) [S_txt + S_img, Dh / 2] fp32 for the joint sequence [txt, img]."""
+        ids = torch.cat([txt_ids, img_ids], dim=0)
+        return rope_cos_sin(ids, self.config.axes_dims_rope, ROPE_THETA)
+
+    def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                pooled_projections: torch.Tensor, timestep: torch.Tensor, img_ids: torch.Tensor,
+                txt_ids: torch.Tensor, guidance: torch.Tensor | None = None, rope: Rope | None = None) -> torch.Tensor:
+        img = self.x_embedder(hidden_states)  # [B, S_img, D]
+        txt = self.context_embedder(encoder_hidden_states)  # [B, S_txt, D]
+        txt_len = txt.shape[1]
+        # conditioning: diffusers rounds t and g to the activation dtype before scaling by 1000
+        timestep = timestep.to(img.dtype) * 1000
+        guidance = None if guidance is None else guidance.to(img.dtype) * 1000
+        silu_temb = F.silu(self.time_text_embed(timestep, guidance, pooled_projections))  # [B, D]
+        if rope is None:
+            rope = self.rope(img_ids, txt_ids)
+        # double-stream blocks
+        for block in self.transformer_blocks:
+            img, txt = block(img, txt, silu_temb, rope)
+        # single-stream blocks over the joint sequence, text first
+        x = torch.cat([txt, img], dim=1)
+        for block in self.single_transformer_blocks:
+            x = block(x, silu_temb, rope, txt_len)
+        # output
+        img = self.norm_out(x[:, txt_len:].contiguous(), silu_temb)
+        return self.proj_out(img)
+
+
+def load_flux_transformer(folder: str | None = None, preset: str | None = None, dtype: torch.dtype = torch.bfloat16,
+                          device: str | torch.device = "cpu", attn_op: AttnOp | None = None,
+                          kernel_backend: str = "auto", load_format: str = "auto") -> FluxTransformer2DModel:
+    """A FLUX transformer from a diffusers `transformer/` folder (config.json + safetensors), or with
+    load_format="dummy" random weights for the folder's config or the built-in `preset`.
+    Parameters are allocated once, on `device`, in `dtype`."""
+    if load_format not in ("auto", "dummy"):
+        raise ValueError(f"load_format={load_format!r}: allowed are 'auto' and 'dummy'")
+    if (folder is None) == (preset is None):
+        raise ValueError("load_flux_transformer needs exactly one of folder= (a transformer/ folder) and preset=")
+    if folder is None and load_format != "dummy":
+        raise ValueError(f"preset {preset!r} has no weights: use load_format='dummy' or pass a checkpoint folder")
+    config = FluxTransformerConfig.from_dict(read_config(folder)) if folder else flux_transformer_preset(preset)
+    model = build_module(lambda: FluxTransformer2DModel(config, attn_op, kernel_backend), dtype, device)
+    if load_format == "dummy":
+        init_dummy_weights(model, seed=0)
+    else:
+        load_weights(model, load_state_dict(folder), "transformer")
+    get_logger().info(
+        "transformer: FLUX %d+%d blocks, %d heads x %d, %s on %s, weights %s",
+        config.num_layers, config.num_single_layers, config.num_attention_heads, config.attention_head_dim,
+        str(dtype).removeprefix("torch."), device, "random (dummy)" if load_format == "dummy" else f"from {folder}",
+    )
+    return model
