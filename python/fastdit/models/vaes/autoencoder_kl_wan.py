@@ -1,0 +1,417 @@
+"""Wan2.1 video VAE (AutoencoderKLWan): causal 3D convolutions, 8x spatial and 4x temporal compression,
+the same numbers as diffusers' autoencoder_kl_wan.py.
+
+    encode: video [B, 3, 1 + 4k, H, W] in [-1, 1] -> latent mean [B, z_dim, 1 + k, H/8, W/8]
+    decode: latents [B, z_dim, T, h, w] (un-normalised by the caller) -> video [B, 3, 1 + 4(T - 1), 8h, 8w] in [-1, 1]
+
+Video is processed as a stream of temporal chunks (decode: `chunk_frames` latent frames at a time; encode:
+the first frame, then 4 frames at a time, as diffusers). Every causal conv with a temporal kernel of 3 keeps
+the last two frames of its input stream in a per-call `Stream` (diffusers' feat_cache), so chunked results
+equal a whole-video pass while the activations of only one chunk are alive. The first frame of a stream is
+special in the temporal resamplers (it is never doubled on decode, nor merged on encode), as in Wan.
+Spatial tiling (`tile_sample_min_*` / `tile_sample_stride_*` pixels) blends overlapping tiles linearly.
+Module names equal the diffusers checkpoint keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fastdit.layers.attention import attention
+
+Stream = dict  # module -> its cached tail frames (or a "seen the first frame" marker): one per video pass
+
+
+@dataclasses.dataclass(frozen=True)
+class WanVAEConfig:
+    """diffusers' AutoencoderKLWan config.json keys; defaults = Wan2.1 (Wan-AI/Wan2.1-*-Diffusers/vae)."""
+
+    base_dim: int = 96
+    decoder_base_dim: int | None = None
+    z_dim: int = 16
+    dim_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    attn_scales: tuple[float, ...] = ()
+    temperal_downsample: tuple[bool, ...] = (False, True, True)
+    dropout: float = 0.0
+    latents_mean: tuple[float, ...] = (
+        -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
+        0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,
+    )
+    latents_std: tuple[float, ...] = (
+        2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
+        3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160,
+    )
+    is_residual: bool = False
+    in_channels: int = 3
+    out_channels: int = 3
+    patch_size: int | None = None
+    scale_factor_temporal: int = 4
+    scale_factor_spatial: int = 8
+
+    def __post_init__(self):
+        if self.is_residual or self.patch_size is not None:
+            raise ValueError(
+                f"WanVAEConfig: is_residual={self.is_residual}, patch_size={self.patch_size}: only the Wan2.1 VAE "
+                "(is_residual=False, patch_size=None) is supported"
+            )
+        if self.attn_scales:
+            raise ValueError(f"WanVAEConfig.attn_scales={list(self.attn_scales)}: only [] (Wan2.1) is supported")
+        if len(self.temperal_downsample) != len(self.dim_mult) - 1:
+            raise ValueError(
+                f"WanVAEConfig: temperal_downsample has {len(self.temperal_downsample)} entries, "
+                f"need len(dim_mult) - 1 = {len(self.dim_mult) - 1}"
+            )
+        if len(self.latents_mean) != self.z_dim or len(self.latents_std) != self.z_dim:
+            raise ValueError(f"WanVAEConfig: latents_mean/latents_std need z_dim={self.z_dim} entries")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "WanVAEConfig":
+        """From config.json: keys starting with "_" are ignored, unknown keys rejected."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(k for k in d if not k.startswith("_") and k not in fields)
+        if unknown:
+            raise ValueError(f"WanVAEConfig: unknown config keys {unknown}; allowed: {sorted(fields)}")
+        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in fields}
+        return cls(**kw)
+
+
+# leaves
+
+
+class CausalConv3d(nn.Conv3d):
+    """Conv3d padded causally in time (2 * pad_t frames in front, none behind), symmetric in space.
+
+    With a `stream`, the front padding is the tail of the previous chunk's input instead of zeros.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, kernel, stride=1, padding=0):
+        super().__init__(in_dim, out_dim, kernel, stride=stride, padding=padding)
+        p_t, p_h, p_w = self.padding
+        self.causal_t = 2 * p_t
+        self.spatial_pad = (p_w, p_w, p_h, p_h)
+        self.padding = (0, 0, 0)
+
+    def forward(self, x: torch.Tensor, stream: Stream | None = None) -> torch.Tensor:
+        if self.causal_t:
+            prev = stream.get(self) if stream is not None else None
+            if prev is None:
+                x = F.pad(x, (0, 0, 0, 0, self.causal_t, 0))
+            else:
+                x = torch.cat([prev, x], dim=2)
+            if stream is not None:
+                stream[self] = x[:, :, -self.causal_t:].clone()
+        return super().forward(F.pad(x, self.spatial_pad) if any(self.spatial_pad) else x)
+
+
+class ChannelRMSNorm(nn.Module):
+    """diffusers' WanRMS_norm: x / ||x||_C * sqrt(C) * gamma over the channel dim (dim 1), fp32 for bf16."""
+
+    def __init__(self, dim: int, images: bool):
+        super().__init__()
+        self.scale = dim**0.5
+        self.gamma = nn.Parameter(torch.ones(dim, *((1, 1) if images else (1, 1, 1))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xn = F.normalize(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x, dim=1).to(x.dtype)
+        return xn * self.scale * self.gamma
+
+
+class ResidualBlock(nn.Module):
+    """x + conv2(silu(norm2(conv1(silu(norm1(x)))))), shortcut a 1x1x1 conv when the width changes."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.norm1 = ChannelRMSNorm(in_dim, images=False)
+        self.conv1 = CausalConv3d(in_dim, out_dim, 3, padding=1)
+        self.norm2 = ChannelRMSNorm(out_dim, images=False)
+        self.conv2 = CausalConv3d(out_dim, out_dim, 3, padding=1)
+        self.conv_shortcut = CausalConv3d(in_dim, out_dim, 1) if in_dim != out_dim else None
+
+    def forward(self, x: torch.Tensor, stream: Stream) -> torch.Tensor:
+        h = x if self.conv_shortcut is None else self.conv_shortcut(x)
+        x = self.conv1(F.silu(self.norm1(x)), stream)
+        x = self.conv2(F.silu(self.norm2(x)), stream)
+        return x + h
+
+
+class AttentionBlock(nn.Module):
+    """Single-head self-attention over the H*W pixels of each frame (frames are independent)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = ChannelRMSNorm(dim, images=True)
+        self.to_qkv = nn.Conv2d(dim, dim * 3, 1)
+        self.proj = nn.Conv2d(dim, dim, 1)
+
+    def forward(self, x: torch.Tensor, stream: Stream | None = None) -> torch.Tensor:
+        B, C, T, H, W = x.shape
+        h = x.permute(0, 2, 1, 3, 4).reshape(B * T, C, H, W)
+        qkv = self.to_qkv(self.norm(h)).flatten(2).transpose(1, 2)  # [B*T, H*W, 3C]
+        q, k, v = (t.unsqueeze(2) for t in qkv.chunk(3, dim=-1))  # [B*T, H*W, 1, C]
+        h = attention(q.contiguous(), k.contiguous(), v.contiguous()).squeeze(2)
+        h = self.proj(h.transpose(1, 2).reshape(B * T, C, H, W))
+        return x + h.view(B, T, C, H, W).permute(0, 2, 1, 3, 4)
+
+
+def _per_frame_2d(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Applies a 2D module to every frame of x [B, C, T, H, W]."""
+    B, C, T, H, W = x.shape
+    y = module(x.permute(0, 2, 1, 3, 4).reshape(B * T, C, H, W))
+    return y.view(B, T, *y.shape[1:]).permute(0, 2, 1, 3, 4)
+
+
+class Resample(nn.Module):
+    """WanResample: 2x spatial up/down, and for the *3d modes 2x in time too.
+
+    upsample3d: time_conv doubles the channels and the halves are interleaved as two frames, for every
+      frame but the stream's first (which Wan keeps single, so T latents give 1 + 4(T - 1) frames).
+    downsample3d: a stride-2 temporal conv over windows (f_{2j-2}, f_{2j-1}, f_{2j}); the stream's first
+      frame passes alone. Chunks after the first must hold an even number of frames.
+    """
+
+    def __init__(self, dim: int, mode: str, upsample_out_dim: int | None = None):
+        super().__init__()
+        self.mode = mode
+        # diffusers' nn.Sequential(upsample-or-zero-pad, conv): only the conv, key "1", has weights
+        if mode.startswith("upsample"):
+            self.resample = nn.ModuleDict({"1": nn.Conv2d(dim, upsample_out_dim or dim // 2, 3, padding=1)})
+        else:
+            self.resample = nn.ModuleDict({"1": nn.Conv2d(dim, dim, 3, stride=2)})
+        if mode == "upsample3d":
+            self.time_conv = CausalConv3d(dim, dim * 2, (3, 1, 1), padding=(1, 0, 0))
+        elif mode == "downsample3d":
+            self.time_conv = CausalConv3d(dim, dim, (3, 1, 1), stride=(2, 1, 1))
+
+    def _spatial(self, f: torch.Tensor) -> torch.Tensor:
+        """frames f [N, C, H, W]: nearest 2x up in fp32 (WanUpsample) or zero pad right/bottom, then the conv."""
+        if self.mode.startswith("upsample"):
+            f = F.interpolate(f.float(), scale_factor=2.0, mode="nearest-exact").to(f.dtype)
+        else:
+            f = F.pad(f, (0, 1, 0, 1))
+        return self.resample["1"](f)
+
+    def _time_up(self, x: torch.Tensor, stream: Stream) -> torch.Tensor:
+        first = stream.get(("first", self)) is None
+        stream[("first", self)] = True
+        head, rest = (x[:, :, :1], x[:, :, 1:]) if first else (x[:, :, :0], x)
+        if rest.shape[2]:
+            B, C, T, H, W = rest.shape
+            y = self.time_conv(rest, stream).reshape(B, 2, C, T, H, W)
+            rest = torch.stack((y[:, 0], y[:, 1]), dim=3).reshape(B, C, 2 * T, H, W)
+        return torch.cat([head, rest], dim=2)
+
+    def _time_down(self, x: torch.Tensor, stream: Stream) -> torch.Tensor:
+        prev = stream.get(("last", self))
+        stream[("last", self)] = x[:, :, -1:].clone()
+        if prev is None:  # the first frame(s) of the stream pass unchanged (diffusers keeps chunk 0 whole)
+            return x
+        return self.time_conv(torch.cat([prev, x], dim=2))
+
+    def forward(self, x: torch.Tensor, stream: Stream) -> torch.Tensor:
+        if self.mode == "upsample3d":
+            x = self._time_up(x, stream)
+        x = _per_frame_2d(self._spatial, x)
+        if self.mode == "downsample3d":
+            x = self._time_down(x, stream)
+        return x
+
+
+class MidBlock(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.resnets = nn.ModuleList([ResidualBlock(dim, dim), ResidualBlock(dim, dim)])
+        self.attentions = nn.ModuleList([AttentionBlock(dim)])
+
+    def forward(self, x: torch.Tensor, stream: Stream) -> torch.Tensor:
+        x = self.resnets[0](x, stream)
+        return self.resnets[1](self.attentions[0](x), stream)
+
+
+class UpBlock(nn.Module):
+    def __init__(self, in_dim: int, out_dim: int, num_res_blocks: int, upsample_mode: str | None):
+        super().__init__()
+        dims = [in_dim] + [out_dim] * (num_res_blocks + 1)
+        self.resnets = nn.ModuleList([ResidualBlock(a, b) for a, b in zip(dims[:-1], dims[1:])])
+        self.upsamplers = nn.ModuleList([Resample(out_dim, upsample_mode)]) if upsample_mode else None
+
+    def forward(self, x: torch.Tensor, stream: Stream) -> torch.Tensor:
+        for resnet in self.resnets:
+            x = resnet(x, stream)
+        return x if self.upsamplers is None else self.upsamplers[0](x, stream)
+
+
+# encoder / decoder
+
+
+class Encoder3d(nn.Module):
+    def __init__(self, cfg: WanVAEConfig):
+        super().__init__()
+        dims = [cfg.base_dim * u for u in (1, *cfg.dim_mult)]
+        self.conv_in = CausalConv3d(cfg.in_channels, dims[0], 3, padding=1)
+        layers: list[nn.Module] = []
+        for i, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:])):
+            for _ in range(cfg.num_res_blocks):
+                layers.append(ResidualBlock(in_dim, out_dim))
+                in_dim = out_dim
+            if i != len(cfg.dim_mult) - 1:
+                layers.append(Resample(out_dim, "downsample3d" if cfg.temperal_downsample[i] else "downsample2d"))
+        self.down_blocks = nn.ModuleList(layers)
+        self.mid_block = MidBlock(dims[-1])
+        self.norm_out = ChannelRMSNorm(dims[-1], images=False)
+        self.conv_out = CausalConv3d(dims[-1], 2 * cfg.z_dim, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, stream: Stream) -> torch.Tensor:
+        x = self.conv_in(x, stream)
+        for layer in self.down_blocks:
+            x = layer(x, stream)
+        x = self.mid_block(x, stream)
+        return self.conv_out(F.silu(self.norm_out(x)), stream)
+
+
+class Decoder3d(nn.Module):
+    def __init__(self, cfg: WanVAEConfig):
+        super().__init__()
+        base = cfg.decoder_base_dim or cfg.base_dim
+        mult = cfg.dim_mult
+        dims = [base * u for u in (mult[-1], *mult[::-1])]
+        temperal_upsample = cfg.temperal_downsample[::-1]
+        self.conv_in = CausalConv3d(cfg.z_dim, dims[0], 3, padding=1)
+        self.mid_block = MidBlock(dims[0])
+        blocks = []
+        for i, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:])):
+            if i > 0:
+                in_dim //= 2  # the previous up block's resample halves the width (Wan2.1)
+            mode = None
+            if i != len(mult) - 1:
+                mode = "upsample3d" if temperal_upsample[i] else "upsample2d"
+            blocks.append(UpBlock(in_dim, out_dim, cfg.num_res_blocks, mode))
+        self.up_blocks = nn.ModuleList(blocks)
+        self.norm_out = ChannelRMSNorm(dims[-1], images=False)
+        self.conv_out = CausalConv3d(dims[-1], cfg.out_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, stream: Stream) -> torch.Tensor:
+        x = self.mid_block(self.conv_in(x, stream), stream)
+        for block in self.up_blocks:
+            x = block(x, stream)
+        return self.conv_out(F.silu(self.norm_out(x)), stream)
+
+
+# tiling
+
+
+def _blend(a: torch.Tensor, b: torch.Tensor, extent: int, dim: int) -> torch.Tensor:
+    """Linear cross-fade of a's last `extent` rows (along dim) into b's first ones; writes into b."""
+    extent = min(a.shape[dim], b.shape[dim], extent)
+    if extent <= 0:
+        return b
+    w = torch.arange(extent, device=b.device, dtype=torch.float32) / extent
+    shape = [1] * b.dim()
+    shape[dim] = extent
+    w = w.view(shape)
+    tail = a.narrow(dim, a.shape[dim] - extent, extent)
+    head = b.narrow(dim, 0, extent)
+    head.copy_(tail * (1 - w) + head * w)
+    return b
+
+
+def _tiled(run, x: torch.Tensor, in_tile: int, in_stride: int, out_tile: int, out_stride: int, out_hw: tuple[int, int]) -> torch.Tensor:
+    """Runs `run` on overlapping square tiles of x [..., H, W]; blends the overlaps of the outputs."""
+    H, W = x.shape[-2:]
+    rows = [[run(x[..., i:i + in_tile, j:j + in_tile]) for j in range(0, W, in_stride)] for i in range(0, H, in_stride)]
+    out_rows = []
+    for i, row in enumerate(rows):
+        cols = []
+        for j, tile in enumerate(row):
+            if i > 0:
+                tile = _blend(rows[i - 1][j], tile, out_tile - out_stride, dim=-2)
+            if j > 0:
+                tile = _blend(row[j - 1], tile, out_tile - out_stride, dim=-1)
+            cols.append(tile[..., :out_stride, :out_stride])
+        out_rows.append(torch.cat(cols, dim=-1))
+    return torch.cat(out_rows, dim=-2)[..., : out_hw[0], : out_hw[1]]
+
+
+# model
+
+
+class AutoencoderKLWan(nn.Module):
+    def __init__(self, config: WanVAEConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder3d(config)
+        self.quant_conv = CausalConv3d(2 * config.z_dim, 2 * config.z_dim, 1)
+        self.post_quant_conv = CausalConv3d(config.z_dim, config.z_dim, 1)
+        self.decoder = Decoder3d(config)
+        self.use_tiling = False
+        self.tile_sample_min_size = 256  # pixels; diffusers' tile_sample_min_height/_width
+        self.tile_sample_stride = 192
+
+    def enable_tiling(self, tile_sample_min_size: int = 256, tile_sample_stride: int = 192) -> None:
+        ratio = self.config.scale_factor_spatial
+        if tile_sample_min_size % ratio or tile_sample_stride % ratio or tile_sample_stride > tile_sample_min_size:
+            raise ValueError(
+                f"enable_tiling: tile {tile_sample_min_size} and stride {tile_sample_stride} must be multiples of "
+                f"{ratio} with stride <= tile"
+            )
+        self.use_tiling = True
+        self.tile_sample_min_size = tile_sample_min_size
+        self.tile_sample_stride = tile_sample_stride
+
+    def latents_mean_std(self, device=None, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """[1, z_dim, 1, 1, 1] each: the pipeline feeds the DiT (z - mean) / std and decodes z * std + mean."""
+        shape = (1, self.config.z_dim, 1, 1, 1)
+        mean = torch.tensor(self.config.latents_mean, device=device, dtype=dtype).view(shape)
+        std = torch.tensor(self.config.latents_std, device=device, dtype=dtype).view(shape)
+        return mean, std
+
+    # encode
+
+    def _encode_untiled(self, x: torch.Tensor) -> torch.Tensor:
+        stream: Stream = {}
+        chunks = [x[:, :, :1]] + list(x[:, :, 1:].split(4, dim=2))
+        out = torch.cat([self.encoder(c, stream) for c in chunks if c.shape[2]], dim=2)
+        return self.quant_conv(out)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, 3, 1 + 4k, H, W] in [-1, 1] -> latent mean [B, z_dim, 1 + k, H/8, W/8] (the posterior's mode)."""
+        T, H, W = x.shape[2:]
+        r = self.config.scale_factor_spatial
+        if (T - 1) % 4 or H % r or W % r:
+            raise ValueError(f"AutoencoderKLWan.encode: video (T, H, W)=({T}, {H}, {W}) needs T = 4k+1 and H, W multiples of {r}")
+        tile, stride = self.tile_sample_min_size, self.tile_sample_stride
+        if self.use_tiling and (H > tile or W > tile):
+            # diffusers applies quant_conv per tile (a 1x1x1 conv: the same numbers)
+            h = _tiled(self._encode_untiled, x, tile, stride, tile // r, stride // r, (H // r, W // r))
+        else:
+            h = self._encode_untiled(x)
+        return h[:, : self.config.z_dim]
+
+    # decode
+
+    def _decode_untiled(self, z: torch.Tensor, chunk_frames: int) -> torch.Tensor:
+        stream: Stream = {}
+        x = self.post_quant_conv(z)
+        chunks = [x[:, :, :1]] + list(x[:, :, 1:].split(chunk_frames, dim=2))
+        return torch.cat([self.decoder(c, stream) for c in chunks if c.shape[2]], dim=2)
+
+    def decode(self, z: torch.Tensor, chunk_frames: int = 1) -> torch.Tensor:
+        """z [B, z_dim, T, h, w] (already z * std + mean) -> video [B, 3, 1 + 4(T-1), 8h, 8w] clamped to [-1, 1].
+
+        chunk_frames: latent frames decoded per pass after the first (1 = diffusers' memory; larger is faster).
+        """
+        if chunk_frames < 1:
+            raise ValueError(f"AutoencoderKLWan.decode: chunk_frames={chunk_frames} must be >= 1")
+        h, w = z.shape[-2:]
+        r = self.config.scale_factor_spatial
+        tile, stride = self.tile_sample_min_size, self.tile_sample_stride
+        if self.use_tiling and (h > tile // r or w > tile // r):
+            run = lambda t: self._decode_untiled(t, chunk_frames)  # noqa: E731
+            out = _tiled(run, z, tile // r, stride // r, tile, stride, (h * r, w * r))
+        else:
+            out = self._decode_untiled(z, chunk_frames)
+        return out.clamp(-1.0, 1.0)
