@@ -145,6 +145,9 @@ def test_build_module_keeps_tied_parameters():
 
     model = build_module(tied, torch.float32, "cpu")
     assert model[1].weight is model[0].weight
-    with pytest.raises(ValueError, match="meta device"):
-        with torch.device("meta"):
-            init_dummy_weights(torch.nn.Linear(2, 2))
+    with torch.device("meta"):
+        on_meta = torch.nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="parameter 'weight' is on the meta device"):
+        init_dummy_weights(on_meta)
+    with pytest.raises(ValueError, match="proj: 2 tensors are on the meta device \\(bias, weight\\)"):
+        load_weights(on_meta, {"weight": torch.ones(2, 2), "bias": torch.ones(2)}, "proj")

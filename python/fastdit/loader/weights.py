@@ -152,6 +152,10 @@ def load_weights(
         problems.append(f"{len(mis_shaped)} mis-shaped keys: {_name_keys(mis_shaped)}")
     if problems:
         raise ValueError(f"{component}: checkpoint does not match the model: " + "; ".join(problems))
+    on_meta = [k for k, t in expected.items() if t.is_meta]
+    if on_meta:
+        raise ValueError(f"{component}: {len(on_meta)} tensors are on the meta device ({_name_keys(on_meta)}): "
+                         "materialize the module first (build_module)")
     with torch.no_grad():
         for key, target in expected.items():
             target.copy_(state_dict[key])
@@ -181,7 +185,8 @@ def init_dummy_weights(module: torch.nn.Module, seed: int = 0) -> None:
 @contextlib.contextmanager
 def _parameters_on_meta() -> Iterator[None]:
     """While active, every nn.Parameter registered goes to the meta device (no memory, no init cost);
-    buffers are built for real, so values computed in __init__ (position ids, frequencies) survive."""
+    buffers are built for real, so values computed in __init__ (position ids, frequencies) survive.
+    It swaps nn.Module.register_parameter process-wide for the duration: build one module at a time."""
     register = torch.nn.Module.register_parameter
 
     def register_on_meta(self: torch.nn.Module, name: str, param: torch.nn.Parameter | None) -> None:
