@@ -9,6 +9,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKL as DiffusersAutoencoderKL
 
+from fastdit.configs.flux import flux_transformer_preset
 from fastdit.configs.vae import vae_preset
 from fastdit.models.vaes.autoencoder_kl import (
     AutoencoderKL,
@@ -101,6 +102,12 @@ def test_flux_dev_keys_and_shapes_match_diffusers():
     want = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
     assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == want
     assert ours.quant_conv is None and ours.post_quant_conv is None and config.scale_factor == 8
+
+
+@pytest.mark.parametrize("preset", ["flux-tiny", "black-forest-labs/FLUX.1-dev"])
+def test_presets_fit_the_flux_transformer_preset(preset):
+    """FLUX packs 2x2 latent patches: the transformer's in_channels is 4 * latent_channels."""
+    assert 4 * vae_preset(preset).latent_channels == flux_transformer_preset(preset).in_channels
 
 
 def test_dummy_weights_decode_finite_on_the_target_dtype():

@@ -18,6 +18,7 @@ from transformers import (
     T5TokenizerFast,
 )
 
+from fastdit.configs.flux import flux_transformer_preset
 from fastdit.models.encoders.clip import CLIP_PRESETS, CLIPTextEncoder, clip_preset
 from fastdit.models.encoders.t5 import T5_PRESETS, T5TextEncoder, t5_preset
 from fastdit.models.encoders.tokenizers import clip_standin_tokenizer, t5_standin_tokenizer
@@ -168,7 +169,7 @@ def test_dummy_flux_tiny_encoders():
     clip = CLIPTextEncoder.dummy("flux-tiny", torch.float32, "cpu", seed=0)
     t5 = T5TextEncoder.dummy("flux-tiny", torch.float32, "cpu", seed=0)
     pooled, embeds = clip.encode(["a fox", "狐狸"]), t5.encode(["a fox", "狐狸"], max_sequence_length=16)
-    assert pooled.shape == (2, 32) and embeds.shape == (2, 16, 32)
+    assert pooled.shape == (2, 32) and embeds.shape == (2, 16, 64)
     assert bool(torch.isfinite(pooled).all() and torch.isfinite(embeds).all())
     assert not torch.equal(pooled[0], pooled[1])
     again = CLIPTextEncoder.dummy("flux-tiny", torch.float32, "cpu", seed=0).encode(["a fox", "狐狸"])
@@ -186,3 +187,11 @@ def test_full_size_presets_are_clip_l_and_t5_xxl():
     assert set(CLIP_PRESETS) == set(T5_PRESETS) == {"flux-tiny", FLUX_DEV}
     with pytest.raises(ValueError, match="unknown T5 text encoder preset 'xl'"):
         t5_preset("xl")
+
+
+@pytest.mark.parametrize("preset", ["flux-tiny", FLUX_DEV])
+def test_presets_fit_the_flux_transformer_preset(preset):
+    """The transformer projects pooled CLIP (hidden_size) and T5 (d_model) widths: they must agree."""
+    transformer = flux_transformer_preset(preset)
+    assert clip_preset(preset).hidden_size == transformer.pooled_projection_dim
+    assert t5_preset(preset).d_model == transformer.joint_attention_dim

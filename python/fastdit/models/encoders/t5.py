@@ -22,7 +22,7 @@ from fastdit.models.encoders.tokenizers import check_prompts, t5_standin_tokeniz
 # shipped in its text_encoder_2/config.json.
 T5_PRESETS: dict[str, dict] = {
     "flux-tiny": dict(
-        vocab_size=1000, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+        vocab_size=1000, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
         relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
         layer_norm_epsilon=1e-6, dropout_rate=0.1, is_encoder_decoder=False, use_cache=False,
         pad_token_id=0, eos_token_id=1, tie_word_embeddings=False,
