@@ -1,0 +1,149 @@
+"""Parallel plans: sequence parallel (USP) and CFG-parallel applied to a DiT from OUTSIDE the model.
+
+The models stay single-GPU definitions; a plan swaps their attention op (`set_attn_op`) for a
+USPAttention and wraps them in a module with the same forward signature:
+
+  SequenceParallelFlux(model, groups, attn_op)   hidden_states [B, S_img, C] and img_ids sharded along S_img
+                                                 (chunk = SP rank), RoPE rows sliced to [txt, img chunk],
+                                                 text replicated; output gathered to [B, S_img, C_out].
+  SequenceParallelWan(model, groups, attn_op)    tokens sharded right after patch embedding and gathered
+                                                 right after proj_out (two forward hooks), RoPE sliced;
+                                                 cross-attention runs locally (replicated text, usp.py).
+  CfgParallel(model, groups, batched_args)       a batch of 2B rows (B conditional, B unconditional) split
+                                                 over the two CFG ranks, outputs all-gathered back to 2B.
+
+Every rank ends with the full output, so the sampler runs identically (and deterministically) on all.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from fastdit.distributed.groups import ParallelGroups
+from fastdit.distributed.usp import USPAttention
+
+
+def _gather(x: torch.Tensor, group: dist.ProcessGroup | None, dim: int) -> torch.Tensor:
+    """Concatenation along `dim` of every group member's x, in group-rank order."""
+    if group is None:
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, x.contiguous(), group=group)
+    return torch.cat(parts, dim=dim)
+
+
+def _chunk(groups: ParallelGroups, num_tokens: int) -> slice:
+    sp = groups.config.sp_degree
+    if num_tokens % sp:
+        raise ValueError(
+            f"sequence parallel: {num_tokens} image tokens must divide by ulysses_degree * ring_degree = {sp}"
+        )
+    n = num_tokens // sp
+    return slice(groups.sp_rank * n, (groups.sp_rank + 1) * n)
+
+
+class SequenceParallelFlux(nn.Module):
+    """FluxTransformer2DModel on one rank of the SP group; same forward and `rope` as the model."""
+
+    def __init__(self, model: nn.Module, groups: ParallelGroups, attn_op, attn_with_lse=None):
+        super().__init__()
+        groups.config.check_model(model.config.num_attention_heads, has_true_cfg=False)
+        self.model = model
+        self.config = model.config
+        self.groups = groups
+        model.set_attn_op(USPAttention(groups, attn_op, attn_with_lse))
+
+    def rope(self, img_ids: torch.Tensor, txt_ids: torch.Tensor):
+        """RoPE of the FULL joint sequence (the runner computes it once); forward slices this rank's rows."""
+        return self.model.rope(img_ids, txt_ids)
+
+    def forward(self, hidden_states, encoder_hidden_states, pooled_projections, timestep, img_ids, txt_ids,
+                guidance=None, rope=None) -> torch.Tensor:
+        chunk = _chunk(self.groups, hidden_states.shape[1])
+        if rope is None:
+            rope = self.model.rope(img_ids, txt_ids)
+        txt_len = txt_ids.shape[0]
+        rope = tuple(torch.cat([t[:txt_len], t[txt_len:][chunk]]) for t in rope)  # rows [txt, img chunk]
+        out = self.model(hidden_states[:, chunk], encoder_hidden_states, pooled_projections, timestep,
+                         img_ids[chunk], txt_ids, guidance, rope=rope)  # [B, S_img / SP, C_out]
+        return _gather(out, self.groups.sp_group, dim=1)
+
+
+class SequenceParallelWan(nn.Module):
+    """WanTransformer3DModel on one rank of the SP group; same forward and `rope` as the model.
+
+    The token sequence only exists inside the model's forward (patchify ... unpatchify), so the plan
+    shards it with two forward hooks: patch_embedding's output [B, dim, F', H', W'] becomes this rank's
+    contiguous chunk of the flattened (f, h, w) tokens, shaped [B, dim, 1, 1, S/SP] so the model's own
+    flatten/transpose yields [B, S/SP, dim]; proj_out's output [B, S/SP, C] is all-gathered back to S.
+    """
+
+    def __init__(self, model: nn.Module, groups: ParallelGroups, attn_op, attn_with_lse=None):
+        super().__init__()
+        groups.config.check_model(model.config.num_attention_heads)
+        self.model = model
+        self.config = model.config
+        self.groups = groups
+        model.set_attn_op(USPAttention(groups, attn_op, attn_with_lse))
+        if groups.sp_group is not None:
+            self._hooks = (
+                model.patch_embedding.register_forward_hook(self._shard_tokens),
+                model.proj_out.register_forward_hook(self._gather_tokens),
+            )
+
+    def _shard_tokens(self, module, args, out: torch.Tensor) -> torch.Tensor:
+        tokens = out.flatten(2)  # [B, dim, S] in (f, h, w) order
+        return tokens[:, :, _chunk(self.groups, tokens.shape[2])].unsqueeze(2).unsqueeze(2)
+
+    def _gather_tokens(self, module, args, out: torch.Tensor) -> torch.Tensor:
+        return _gather(out, self.groups.sp_group, dim=1)
+
+    def rope(self, latent_shape, device=None):
+        return self.model.rope(latent_shape, device=device)
+
+    def forward(self, hidden_states, timestep, encoder_hidden_states, encoder_hidden_states_image=None,
+                rope=None) -> torch.Tensor:
+        if rope is None:
+            rope = self.model.rope(hidden_states.shape, device=hidden_states.device)
+        chunk = _chunk(self.groups, math.prod(self.model.grid(hidden_states.shape)))
+        rope = tuple(t[chunk] for t in rope)
+        return self.model(hidden_states, timestep, encoder_hidden_states, encoder_hidden_states_image, rope=rope)
+
+
+class CfgParallel(nn.Module):
+    """Runs half of a CFG batch on each of the two CFG ranks: model(**kwargs) with 2B rows -> 2B rows.
+
+    batched_args: the keyword arguments that carry the CFG batch on dim 0 (split when their dim 0
+    equals hidden_states' 2B; a shared [1] timestep or RoPE tables pass through whole).
+    """
+
+    def __init__(self, model: nn.Module, groups: ParallelGroups, batched_args: tuple[str, ...]):
+        super().__init__()
+        self.model = model
+        self.config = model.config
+        self.groups = groups
+        self.batched_args = batched_args
+
+    def rope(self, *args, **kwargs):
+        return self.model.rope(*args, **kwargs)
+
+    def forward(self, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
+        if self.groups.cfg_group is None:
+            return self.model(hidden_states, **kwargs)
+        batch = hidden_states.shape[0]
+        if batch % 2:
+            raise ValueError(f"CfgParallel: the batch of {batch} rows must be even (conditional + unconditional)")
+        half = slice(self.groups.cfg_rank * batch // 2, (self.groups.cfg_rank + 1) * batch // 2)
+        for name in self.batched_args:
+            value = kwargs.get(name)
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch:
+                kwargs[name] = value[half]
+        out = self.model(hidden_states[half], **kwargs)
+        return _gather(out, self.groups.cfg_group, dim=0)
+
+
+WAN_CFG_BATCHED_ARGS = ("timestep", "encoder_hidden_states", "encoder_hidden_states_image")
