@@ -3,6 +3,7 @@ built-in stand-in tokenizers."""
 
 from __future__ import annotations
 
+import logging
 import string
 
 import pytest
@@ -128,6 +129,19 @@ def test_bad_prompts_and_lengths(checkpoint):
         t5.encode([])
     with pytest.raises(ValueError, match=r"max_sequence_length=513 must be an integer in 1..512"):
         t5.encode("a", max_sequence_length=513)
+
+
+def test_truncation_is_logged(checkpoint):
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("fastdit")
+    logger.addHandler(handler)
+    try:
+        T5TextEncoder.from_pretrained(str(checkpoint), torch.float32, "cpu").encode(PROMPTS, max_sequence_length=8)
+    finally:
+        logger.removeHandler(handler)
+    assert any("T5: a prompt of" in r.getMessage() and "truncated to 8 tokens" in r.getMessage() for r in records)
 
 
 # dummy (load_format dummy) encoders and their stand-in tokenizers

@@ -1,8 +1,8 @@
 """Built-in VAE configs: the vae/config.json of each supported checkpoint, and flux-tiny's.
 
 flux-tiny keeps FLUX's latent interface (16 latent channels, 4 resolution levels, so the VAE scale factor
-2^(len(block_out_channels)-1) is 8 and image sides divide by 16, as for the real model) with a few
-channels per level, so that it decodes 256x256 in well under a second on a CPU.
+2^(len(block_out_channels)-1) is 8 and image sides divide by 16, as for the real model) with 16-32
+channels per level instead of 128-512, so that a CPU decodes 256x256 in seconds.
 """
 
 from __future__ import annotations
