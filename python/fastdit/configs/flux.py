@@ -109,7 +109,7 @@ FLUX_TRANSFORMER_PRESETS: dict[str, FluxTransformerConfig] = {
         attention_head_dim=32,
         num_attention_heads=2,
         joint_attention_dim=64,  # the tiny T5's d_model
-        pooled_projection_dim=32,  # the tiny CLIP's projection_dim
+        pooled_projection_dim=32,  # the tiny CLIP's hidden_size (FLUX takes its pooler_output)
         guidance_embeds=True,
         axes_dims_rope=(8, 12, 12),
     ),

@@ -24,7 +24,8 @@ def rope_cos_sin(
     Returns (cos, sin), each [S, sum(axes_dim) / 2] fp32 on ids' device."""
     if ids.dim() != 2 or ids.shape[1] != len(axes_dim):
         raise ValueError(
-            f"rope ids of shape {tuple(ids.shape)}: must be [S, {len(axes_dim)}], one column per axis of {list(axes_dim)}"
+            f"rope ids of shape {tuple(ids.shape)}: must be [S, {len(axes_dim)}], "
+            f"one column per axis of {list(axes_dim)}"
         )
     if any(d % 2 for d in axes_dim):
         raise ValueError(f"rope axes_dim={list(axes_dim)}: every axis width must be even")
