@@ -15,7 +15,7 @@ import os
 import torch
 from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel
 
-from fastdit.models.encoders.hf_loading import dummy_encoder, load_pretrained_encoder
+from fastdit.models.encoders.hf_loading import EncoderWithTokenizer, dummy_encoder, load_pretrained_encoder
 from fastdit.models.encoders.tokenizers import check_prompts, clip_standin_tokenizer, tokenize_to_length
 
 # CLIPTextConfig keyword arguments of the built-in architectures. FLUX.1-dev's is openai/clip-vit-large-patch14's
@@ -40,7 +40,7 @@ def clip_preset(name: str) -> CLIPTextConfig:
     return CLIPTextConfig(**CLIP_PRESETS[name])
 
 
-class CLIPTextEncoder:
+class CLIPTextEncoder(EncoderWithTokenizer):
     """A CLIPTextModel and its tokenizer; `encode` gives FLUX's pooled prompt embedding."""
 
     def __init__(self, model: CLIPTextModel, tokenizer, max_length: int = 77):
@@ -48,8 +48,7 @@ class CLIPTextEncoder:
             raise ValueError(
                 f"CLIP max_length={max_length} exceeds max_position_embeddings={model.config.max_position_embeddings}"
             )
-        self.model = model
-        self.tokenizer = tokenizer
+        super().__init__(model, tokenizer)
         self.max_length = max_length
 
     @classmethod
@@ -72,19 +71,6 @@ class CLIPTextEncoder:
         model = dummy_encoder(CLIPTextModel, config, dtype, device, seed)
         tokenizer = clip_standin_tokenizer(config.vocab_size, config.max_position_embeddings)
         return cls(model, tokenizer, max_length=config.max_position_embeddings)
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model.dtype
-
-    def to(self, device: str | torch.device) -> "CLIPTextEncoder":
-        """Moves the weights (CPU offload and back); returns self."""
-        self.model.to(device)
-        return self
 
     @torch.no_grad()
     def encode(self, prompts: str | list[str]) -> torch.Tensor:

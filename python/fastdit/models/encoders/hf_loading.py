@@ -1,6 +1,7 @@
-"""Building a transformers text encoder: from a checkpoint folder, or from a config with random weights.
+"""Building a transformers text encoder (from a checkpoint folder, or from a config with random weights),
+and `EncoderWithTokenizer`, the base of the text-encoder wrappers (clip.py, t5.py, umt5.py).
 
-Shared by the CLIP and T5 wrappers. Both paths put the weights straight on the target device: the folder
+ Both paths put the weights straight on the target device: the folder
 path through transformers' own loader (`device_map`), the dummy path through fastdit's meta-device
 `build_module`, so a full-size T5-XXL is never materialized on the CPU first.
 """
@@ -46,3 +47,28 @@ def dummy_encoder(
     model = build_module(lambda: model_cls(config), dtype, device)
     init_dummy_weights(model, seed=seed)
     return model
+
+
+class EncoderWithTokenizer:
+    """A transformers encoder and its tokenizer: the part every text-encoder wrapper shares.
+
+    Subclasses add `from_pretrained`, `dummy` and `encode`; the runner moves `.model` with `to()` for CPU
+    offload and reads `device` / `dtype` to place inputs and outputs.
+    """
+
+    def __init__(self, model: PreTrainedModel, tokenizer):
+        self.model = model
+        self.tokenizer = tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    def to(self, device: str | torch.device):
+        """Moves the weights (CPU offload and back); returns self."""
+        self.model.to(device)
+        return self

@@ -15,7 +15,7 @@ import os
 import torch
 from transformers import AutoTokenizer, T5Config, T5EncoderModel
 
-from fastdit.models.encoders.hf_loading import dummy_encoder, load_pretrained_encoder
+from fastdit.models.encoders.hf_loading import EncoderWithTokenizer, dummy_encoder, load_pretrained_encoder
 from fastdit.models.encoders.tokenizers import check_prompts, t5_standin_tokenizer, tokenize_to_length
 
 # T5Config keyword arguments of the built-in architectures. FLUX.1-dev's is google/t5-v1_1-xxl's encoder as
@@ -43,12 +43,8 @@ def t5_preset(name: str) -> T5Config:
     return T5Config(**T5_PRESETS[name])
 
 
-class T5TextEncoder:
+class T5TextEncoder(EncoderWithTokenizer):
     """A T5EncoderModel and its tokenizer; `encode` gives FLUX's per-token prompt embedding."""
-
-    def __init__(self, model: T5EncoderModel, tokenizer):
-        self.model = model
-        self.tokenizer = tokenizer
 
     @classmethod
     def from_pretrained(
@@ -67,19 +63,6 @@ class T5TextEncoder:
         config = t5_preset(preset)
         model = dummy_encoder(T5EncoderModel, config, dtype, device, seed)
         return cls(model, t5_standin_tokenizer(config.vocab_size, DEFAULT_MAX_SEQUENCE_LENGTH))
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model.dtype
-
-    def to(self, device: str | torch.device) -> "T5TextEncoder":
-        """Moves the weights (CPU offload and back); returns self."""
-        self.model.to(device)
-        return self
 
     @torch.no_grad()
     def encode(self, prompts: str | list[str], max_sequence_length: int = DEFAULT_MAX_SEQUENCE_LENGTH) -> torch.Tensor:
