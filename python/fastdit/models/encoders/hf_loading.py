@@ -1,8 +1,8 @@
 """Building a transformers text encoder (from a checkpoint folder, or from a config with random weights),
 and `EncoderWithTokenizer`, the base of the text-encoder wrappers (clip.py, t5.py, umt5.py).
 
- Both paths put the weights straight on the target device: the folder
-path through transformers' own loader (`device_map`), the dummy path through fastdit's meta-device
+Both loading paths put the weights straight on the target device: the
+folder path through transformers' own loader (`device_map`), the dummy path through fastdit's meta-device
 `build_module`, so a full-size T5-XXL is never materialized on the CPU first.
 """
 
