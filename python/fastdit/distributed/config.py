@@ -121,3 +121,22 @@ class ParallelConfig:
 
     def rank_of(self, cfg_rank: int, ring_rank: int, ulysses_rank: int) -> int:
         return cfg_rank * self.sp_degree + ring_rank * self.ulysses_degree + ulysses_rank
+
+
+def add_parallel_flags(parser) -> None:
+    """The multi-GPU flags shared by `python -m fastdit.generate` and `python -m fastdit.serve`."""
+    group = parser.add_argument_group("multi-GPU (one process per GPU)")
+    group.add_argument("--num-gpus", type=int, default=1, help="GPUs (processes) to use (default 1)")
+    group.add_argument("--ulysses-degree", type=int, default=None,
+                       help="Ulysses sequence-parallel degree (default: the GPUs the other degrees leave)")
+    group.add_argument("--ring-degree", type=int, default=None, help="ring-attention degree (default 1)")
+    group.add_argument("--enable-cfg-parallel", action="store_true",
+                       help="run the conditional and unconditional CFG branches on two halves of the GPUs")
+    group.add_argument("--tp-size", type=int, default=1, help="tensor-parallel size of the text encoders (only 1)")
+
+
+def config_from_flags(args) -> ParallelConfig:
+    """The validated ParallelConfig of parsed `add_parallel_flags` arguments (ValueError: one line)."""
+    return ParallelConfig.from_flags(
+        args.num_gpus, args.ulysses_degree, args.ring_degree, args.enable_cfg_parallel, args.tp_size
+    )
