@@ -4,6 +4,7 @@ built-in stand-in tokenizers."""
 from __future__ import annotations
 
 import logging
+import resource
 import string
 
 import pytest
@@ -20,6 +21,7 @@ from transformers import (
 )
 
 from fastdit.configs.flux import flux_transformer_preset
+from fastdit.loader.weights import build_module
 from fastdit.models.encoders.clip import CLIP_PRESETS, CLIPTextEncoder, clip_preset
 from fastdit.models.encoders.t5 import T5_PRESETS, T5TextEncoder, t5_preset
 from fastdit.models.encoders.tokenizers import clip_standin_tokenizer, t5_standin_tokenizer
@@ -209,3 +211,12 @@ def test_presets_fit_the_flux_transformer_preset(preset):
     transformer = flux_transformer_preset(preset)
     assert clip_preset(preset).hidden_size == transformer.pooled_projection_dim
     assert t5_preset(preset).d_model == transformer.joint_attention_dim
+
+
+def test_full_size_t5_is_built_without_cpu_memory():
+    """dummy() builds through build_module: the 4.8B-parameter T5-XXL never lands in CPU memory (19 GB fp32)."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    t5 = build_module(lambda: T5EncoderModel(t5_preset(FLUX_DEV)), torch.bfloat16, "meta")
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert all(p.is_meta and p.dtype == torch.bfloat16 for p in t5.parameters())
+    assert grown_mib < 512
