@@ -72,6 +72,9 @@ def make_tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = True) -> Flux
         scheduler=scheduler, vae=vae, text_encoder=clip, tokenizer=clip_tokenizer, text_encoder_2=t5,
         tokenizer_2=t5_tokenizer, transformer=transformer,
     )
+    # Freshly built modules are in training mode: T5's dropout would make every call random.
+    for module in (transformer, vae, clip, t5):
+        module.eval()
     return pipe.to(torch.float32)
 
 

@@ -1,0 +1,332 @@
+"""The FLUX.1 text-to-image recipe: validate -> encode -> timesteps -> latents -> denoise -> decode (-> save).
+
+Each stage reads like BFL's sampling.py and computes what diffusers' FluxPipeline computes, so that from the
+same initial latents the final latents agree with `FluxPipeline(..., output_type="latent")`:
+
+    encode     CLIP-L pooled [B, 768] (77 tokens) + T5-XXL sequence [B, 512, 4096]; text_ids = 0 [512, 3]
+    timesteps  sigmas linspace(1, 1/N, N), shifted by mu(image_seq_len) (flow-match Euler, schedulers/)
+    latents    noise [B, C, 2*(H/2f), 2*(W/2f)] packed 2x2 -> [B, (H/2f)(W/2f), 4C]; f = VAE scale factor
+    denoise    v = DiT(x, t/1000, guidance); true CFG: v = v_neg + s * (v - v_neg); x += (sigma' - sigma) v
+    decode     unpack -> z / scaling_factor + shift_factor -> VAE decode -> [0, 1] -> uint8 PIL
+
+Seeds: the noise is drawn by a CPU torch.Generator seeded with the request's seed, in the pipeline dtype, in
+the unpacked shape, then packed and moved to the device, exactly as diffusers' `randn_tensor` does with a
+CPU generator; so one seed gives the same noise on every device, and the same image as
+`FluxPipeline(generator=torch.Generator("cpu").manual_seed(seed))`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fastdit.configs.scheduler import scheduler_preset
+from fastdit.configs.vae import vae_preset
+from fastdit.models.dits.flux import FluxTransformer2DModel, load_flux_transformer
+from fastdit.models.encoders.clip import CLIPTextEncoder
+from fastdit.models.encoders.t5 import T5TextEncoder
+from fastdit.models.vaes.autoencoder_kl import AutoencoderKL, dummy_autoencoder_kl, load_autoencoder_kl
+from fastdit.pipelines.registry import ModelSource
+from fastdit.pipelines.request import GenerationRequest, GenerationResult, RunState, SamplingDefaults
+from fastdit.pipelines.runner import Stage, make_result, run_stages, timed_steps
+from fastdit.pipelines.save import SaveTarget, save_images
+from fastdit.schedulers.flow_match_euler import FlowMatchEulerScheduler, FlowMatchEulerSchedulerConfig
+
+T5_MAX_SEQUENCE_LENGTH = 512  # FluxPipeline's max_sequence_length default (FLUX.1-dev was trained with 512)
+# diffusers' FluxPipeline: default_sample_size 128 latent pixels -> 1024 px with the 8x VAE.
+DEFAULT_SAMPLE_SIZE = 128
+
+
+# latent layout (diffusers FluxPipeline's static methods, same names)
+
+
+def pack_latents(latents: torch.Tensor) -> torch.Tensor:
+    """[B, C, h, w] -> [B, (h/2)(w/2), 4C]: each 2x2 latent patch becomes one token, channels (C, dy, dx)."""
+    b, c, h, w = latents.shape
+    latents = latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return latents.reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def unpack_latents(latents: torch.Tensor, latent_height: int, latent_width: int) -> torch.Tensor:
+    """[B, (h/2)(w/2), 4C] -> [B, C, h, w], the inverse of pack_latents."""
+    b, _, packed_channels = latents.shape
+    c = packed_channels // 4
+    latents = latents.view(b, latent_height // 2, latent_width // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return latents.reshape(b, c, latent_height, latent_width)
+
+
+def latent_image_ids(packed_height: int, packed_width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """[(h/2)(w/2), 3] positions (0, row, column) of the packed image tokens, row-major."""
+    ids = torch.zeros(packed_height, packed_width, 3)
+    ids[..., 1] = ids[..., 1] + torch.arange(packed_height)[:, None]
+    ids[..., 2] = ids[..., 2] + torch.arange(packed_width)[None, :]
+    return ids.reshape(packed_height * packed_width, 3).to(device=device, dtype=dtype)
+
+
+@dataclass
+class FluxComponents:
+    """The loaded modules of one FLUX checkpoint (diffusers' component names)."""
+
+    transformer: FluxTransformer2DModel
+    vae: AutoencoderKL
+    text_encoder: CLIPTextEncoder  # CLIP-L + tokenizer/: pooled [B, pooled_projection_dim]
+    text_encoder_2: T5TextEncoder  # T5-XXL + tokenizer_2/: sequence [B, 512, joint_attention_dim]
+    scheduler_config: FlowMatchEulerSchedulerConfig
+
+    def check_compatible(self, model_id: str) -> None:
+        """The encoders' widths must be what the transformer projects from; else a one-line error."""
+        config = self.transformer.config
+        pairs = [
+            ("text_encoder hidden_size", self.text_encoder.model.config.hidden_size,
+             "pooled_projection_dim", config.pooled_projection_dim),
+            ("text_encoder_2 d_model", self.text_encoder_2.model.config.d_model,
+             "joint_attention_dim", config.joint_attention_dim),
+            ("vae latent_channels * 4", self.vae.config.latent_channels * 4, "in_channels", config.in_channels),
+        ]
+        for name, value, expected_name, expected in pairs:
+            if value != expected:
+                raise ValueError(
+                    f"{model_id}: {name}={value} does not match the transformer's {expected_name}={expected}"
+                )
+
+
+@dataclass
+class FluxState(RunState):
+    """One FLUX run's tensors, each set by the stage named in its comment."""
+
+    prompt_embeds: torch.Tensor | None = None  # encode: [B, S_txt, joint_dim]
+    pooled_prompt_embeds: torch.Tensor | None = None  # encode: [B, pooled_dim]
+    negative_prompt_embeds: torch.Tensor | None = None  # encode (true CFG only)
+    negative_pooled_prompt_embeds: torch.Tensor | None = None
+    text_ids: torch.Tensor | None = None  # encode: [S_txt, 3] zeros
+    scheduler: FlowMatchEulerScheduler | None = None  # timesteps
+    img_ids: torch.Tensor | None = None  # latents: [S_img, 3]
+    latent_height: int = 0  # latents: unpacked latent sides (2 * packed sides)
+    latent_width: int = 0
+
+
+class FluxRecipe:
+    """FLUX.1 (dev, schnell-shaped configs, flux-tiny): components plus the stage functions over FluxState."""
+
+    task = "text-to-image"
+
+    def __init__(self, components: FluxComponents, defaults: SamplingDefaults, model_id: str,
+                 device: torch.device, dtype: torch.dtype, attention_backend: str):
+        self.components = components
+        self.defaults = defaults
+        self.model_id = model_id
+        self.device = device
+        self.dtype = dtype
+        self.attention_backend = attention_backend
+        self.vae_scale_factor = 2 ** (len(components.vae.config.block_out_channels) - 1)
+
+    @property
+    def transformer(self) -> torch.nn.Module:
+        return self.components.transformer
+
+    @property
+    def vae(self) -> torch.nn.Module:
+        return self.components.vae
+
+    @classmethod
+    def load(cls, source: ModelSource, device: torch.device, dtype: torch.dtype, load_format: str,
+             attention_backend: str, kernel_backend: str) -> FluxRecipe:
+        """Components from a diffusers folder (load_format "auto"), or a built-in preset with random weights."""
+        attn_op, attention_backend = _attention_op(attention_backend)
+        if source.folder is None:
+            components = _dummy_components(source.spec.preset, device, dtype, attn_op, kernel_backend)
+        elif load_format == "dummy":
+            raise ValueError(
+                f"load_format='dummy' takes a built-in model id, not the folder {source.folder!r}: use load_format auto"
+            )
+        else:
+            components = _folder_components(source.folder, device, dtype, attn_op, kernel_backend)
+        components.check_compatible(source.model_id)
+        if source.spec is not None:
+            defaults = source.spec.defaults
+        else:
+            # diffusers FluxPipeline: default_sample_size (128) latent pixels, 28 steps, guidance 3.5
+            side = DEFAULT_SAMPLE_SIZE * 2 ** (len(components.vae.config.block_out_channels) - 1)
+            defaults = SamplingDefaults(height=side, width=side, num_inference_steps=28, guidance_scale=3.5)
+        return cls(components, defaults, source.model_id, device, dtype, attention_backend)
+
+    # run
+
+    def stages(self, request: GenerationRequest, save: SaveTarget | None) -> list[Stage]:
+        stages: list[Stage] = [
+            ("validate", self.validate),
+            ("encode", self.encode),
+            ("timesteps", self.prepare_timesteps),
+            ("latents", self.prepare_latents),
+            ("denoise", self.denoise),
+        ]
+        if request.output_type == "pil":
+            stages.append(("decode", self.decode))
+            if save is not None:
+                stages.append(("save", lambda req, state: self.save(req, state, save)))
+        return stages
+
+    def run(self, request: GenerationRequest, save: SaveTarget | None = None, show_progress: bool = True) -> GenerationResult:
+        request = request.with_defaults(self.defaults)
+        seed = request.seed if request.seed is not None else secrets.randbits(63)
+        state = FluxState(seed=seed, show_progress=show_progress)
+        with torch.inference_mode():
+            run_stages(self.stages(request, save), request, state, self.device)
+        return make_result(state)
+
+    # stages
+
+    def validate(self, request: GenerationRequest, state: FluxState) -> None:
+        """Model-specific rules on top of the request's own: sizes divide by 2f, latents have the packed shape."""
+        request.require_image_fields(self.model_id)
+        multiple = 2 * self.vae_scale_factor
+        for name in ("height", "width"):
+            value = getattr(request, name)
+            if value % multiple:
+                raise ValueError(f"{name}={value} is not allowed: {self.model_id} needs a multiple of {multiple}")
+        if request.latents is not None:
+            expected = (request.batch_size, self._image_seq_len(request), self.transformer.config.in_channels)
+            if tuple(request.latents.shape) != expected:
+                raise ValueError(
+                    f"latents of shape {tuple(request.latents.shape)} is not allowed: {self.model_id} at "
+                    f"{request.height}x{request.width} needs packed latents of shape {expected}"
+                )
+
+    def encode(self, request: GenerationRequest, state: FluxState) -> None:
+        """Prompts -> T5 sequence embeddings and CLIP pooled embeddings, repeated num_images_per_prompt times."""
+        n = request.num_images_per_prompt
+        state.prompt_embeds, state.pooled_prompt_embeds = self._encode_prompts(request.prompts, n)
+        if self._true_cfg(request):
+            state.negative_prompt_embeds, state.negative_pooled_prompt_embeds = self._encode_prompts(
+                request.negative_prompts, n
+            )
+        state.text_ids = torch.zeros(state.prompt_embeds.shape[1], 3, device=self.device, dtype=self.dtype)
+
+    def prepare_timesteps(self, request: GenerationRequest, state: FluxState) -> None:
+        state.scheduler = FlowMatchEulerScheduler(self.components.scheduler_config)
+        state.scheduler.set_timesteps(
+            request.num_inference_steps, image_seq_len=self._image_seq_len(request), device=self.device
+        )
+
+    def prepare_latents(self, request: GenerationRequest, state: FluxState) -> None:
+        """Initial packed noise [B, S_img, 4C] (the caller's, or drawn from the seed) and the image ids."""
+        f2 = 2 * self.vae_scale_factor
+        state.latent_height, state.latent_width = 2 * (request.height // f2), 2 * (request.width // f2)
+        state.img_ids = latent_image_ids(state.latent_height // 2, state.latent_width // 2, self.device, self.dtype)
+        if request.latents is not None:
+            state.latents = request.latents.to(device=self.device, dtype=self.dtype)
+            return
+        channels = self.transformer.config.in_channels // 4
+        shape = (request.batch_size, channels, state.latent_height, state.latent_width)
+        generator = torch.Generator(device="cpu").manual_seed(state.seed)
+        noise = torch.randn(shape, generator=generator, dtype=self.dtype)
+        state.latents = pack_latents(noise).to(self.device)
+
+    def denoise(self, request: GenerationRequest, state: FluxState) -> None:
+        """The Euler loop over the schedule; RoPE and the guidance vector are built once, outside it."""
+        latents = state.latents
+        batch = latents.shape[0]
+        guidance = None
+        if self.transformer.config.guidance_embeds:
+            guidance = torch.full([batch], request.guidance_scale, device=self.device, dtype=torch.float32)
+        rope = self.transformer.rope(state.img_ids, state.text_ids)
+        true_cfg = self._true_cfg(request)
+        for i, t in timed_steps(state, state.scheduler.timesteps, self.device):
+            # as diffusers: t in the latents' dtype, then / 1000 (the DiT embeds t * 1000 again)
+            timestep = t.expand(batch).to(latents.dtype) / 1000
+            velocity = self._velocity(latents, timestep, guidance, state.prompt_embeds, state.pooled_prompt_embeds,
+                                      state, rope)
+            if true_cfg:
+                negative = self._velocity(latents, timestep, guidance, state.negative_prompt_embeds,
+                                          state.negative_pooled_prompt_embeds, state, rope)
+                velocity = negative + request.true_cfg_scale * (velocity - negative)
+            latents = state.scheduler.step(velocity, latents, i)
+        state.latents = latents
+
+    def decode(self, request: GenerationRequest, state: FluxState) -> None:
+        """Packed latents -> PIL images, through the VAE, as diffusers' VaeImageProcessor.postprocess."""
+        config = self.vae.config
+        latents = unpack_latents(state.latents, state.latent_height, state.latent_width)
+        latents = latents / config.scaling_factor + (config.shift_factor or 0.0)
+        image = self.vae.decode(latents.to(self.vae_dtype))  # [B, 3, H, W] in about [-1, 1]
+        image = (image / 2 + 0.5).clamp(0, 1)
+        pixels = (image.permute(0, 2, 3, 1).float().cpu().numpy() * 255).round().astype(np.uint8)
+        state.images = [Image.fromarray(p) for p in pixels]
+
+    def save(self, request: GenerationRequest, state: FluxState, target: SaveTarget) -> None:
+        state.paths = save_images(state.images, target, request.prompts[0], state.seed)
+
+    # helpers
+
+    @property
+    def vae_dtype(self) -> torch.dtype:
+        return next(self.vae.parameters()).dtype
+
+    def _image_seq_len(self, request: GenerationRequest) -> int:
+        f2 = 2 * self.vae_scale_factor
+        return (request.height // f2) * (request.width // f2)
+
+    @staticmethod
+    def _true_cfg(request: GenerationRequest) -> bool:
+        # as diffusers: true CFG runs only with a negative prompt and a scale above 1
+        return request.true_cfg_scale > 1 and request.negative_prompt is not None
+
+    def _encode_prompts(self, prompts: list[str], n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(T5 sequence [P*n, 512, D], CLIP pooled [P*n, pooled]); each prompt's rows repeated n times in a row."""
+        pooled = self.components.text_encoder.encode(prompts)  # [P, pooled]
+        embeds = self.components.text_encoder_2.encode(prompts, T5_MAX_SEQUENCE_LENGTH)  # [P, 512, D]
+        # diffusers' repeat(1, n).view(P * n, ...) is repeat_interleave over the batch
+        return (embeds.repeat_interleave(n, dim=0).to(self.device),
+                pooled.repeat_interleave(n, dim=0).to(self.device))
+
+    def _velocity(self, latents, timestep, guidance, prompt_embeds, pooled, state: FluxState, rope) -> torch.Tensor:
+        return self.transformer(
+            hidden_states=latents, encoder_hidden_states=prompt_embeds, pooled_projections=pooled,
+            timestep=timestep, img_ids=state.img_ids, txt_ids=state.text_ids, guidance=guidance, rope=rope,
+        )
+
+
+# loading
+
+
+def _attention_op(backend: str):
+    """(attn_op for the transformer, resolved backend name). The model's default op is torch SDPA."""
+    if backend not in ("auto", "sdpa"):
+        raise ValueError(f"attention_backend={backend!r} is not allowed: this build offers auto, sdpa")
+    return None, "sdpa"
+
+
+def _dummy_components(preset: str, device, dtype, attn_op, kernel_backend: str) -> FluxComponents:
+    """The built-in architecture `preset` with random weights and stand-in tokenizers: nothing downloaded."""
+    return FluxComponents(
+        transformer=load_flux_transformer(preset=preset, dtype=dtype, device=device, attn_op=attn_op,
+                                          kernel_backend=kernel_backend, load_format="dummy"),
+        vae=dummy_autoencoder_kl(vae_preset(preset), dtype, device),
+        text_encoder=CLIPTextEncoder.dummy(preset, dtype, device),
+        text_encoder_2=T5TextEncoder.dummy(preset, dtype, device),
+        scheduler_config=scheduler_preset(preset),
+    )
+
+
+def _folder_components(folder: str, device, dtype, attn_op, kernel_backend: str) -> FluxComponents:
+    """Every component from its subfolder of a diffusers FluxPipeline folder, weights strictly checked."""
+    scheduler_file = os.path.join(folder, "scheduler", "scheduler_config.json")
+    try:
+        with open(scheduler_file, encoding="utf-8") as f:
+            scheduler_config = FlowMatchEulerSchedulerConfig.from_dict(json.load(f))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read the scheduler config {scheduler_file!r}: {e}") from None
+    return FluxComponents(
+        transformer=load_flux_transformer(folder=os.path.join(folder, "transformer"), dtype=dtype, device=device,
+                                          attn_op=attn_op, kernel_backend=kernel_backend),
+        vae=load_autoencoder_kl(os.path.join(folder, "vae"), dtype, device),
+        text_encoder=CLIPTextEncoder.from_pretrained(folder, dtype, device),
+        text_encoder_2=T5TextEncoder.from_pretrained(folder, dtype, device),
+        scheduler_config=scheduler_config,
+    )
