@@ -1,0 +1,92 @@
+"""python -m fastdit.serve: the OpenAI-compatible HTTP server.
+
+    python -m fastdit.serve --model-path flux-tiny --load-format dummy --device cpu        # CPU, seconds
+    python -m fastdit.serve --model-path black-forest-labs/FLUX.1-dev --api-key "$KEY" --max-batch-size 4
+
+Starts the worker process (it loads the pipeline), then serves HTTP on --host:--port. A bad flag or a model that
+cannot load ends the command with one line on stderr and exit status 2 (flags) or 1 (load).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from fastdit.server.config import DTYPES, LOAD_FORMATS, ServerConfig, WorkerOptions
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse prints usage + message; one line is enough
+        self.exit(2, f"fastdit.serve: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _OneLineParser(prog="python -m fastdit.serve", description="OpenAI-compatible image/video generation server")
+    p.add_argument("--model-path", required=True, help="built-in id (flux-tiny, black-forest-labs/FLUX.1-dev), folder or hub id")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=30000)
+    p.add_argument("--api-key", default=None, help="require \"Authorization: Bearer KEY\" on /v1/* and /models")
+    p.add_argument("--max-queue", type=int, default=64, help="requests that may wait for the worker; more get 429")
+    p.add_argument("--max-batch-size", type=int, default=4, help="images per worker batch (and the largest n)")
+    p.add_argument("--max-pixels", type=int, default=2048 * 2048, help="largest width*height a request may ask")
+    p.add_argument("--max-body-bytes", type=int, default=64 * 1024 * 1024, help="larger request bodies get 413")
+    p.add_argument("--result-ttl-s", type=float, default=3600.0, help="seconds stored images/videos stay downloadable")
+    p.add_argument("--load-format", choices=LOAD_FORMATS, default="auto")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when visible)")
+    p.add_argument("--dtype", choices=DTYPES, default="bfloat16")
+    p.add_argument("--attention-backend", default="auto")
+    p.add_argument("--kernel-backend", default="auto", choices=("auto", "cuda", "triton", "torch"))
+    p.add_argument("--enable-test-faults", action="store_true",
+                   help="honour the request field fastdit_test_fault (tests only: lets a client crash the worker)")
+    p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"),
+                   help="uvicorn's access/error log level")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    worker = WorkerOptions(
+        model_path=args.model_path, load_format=args.load_format, device=args.device, dtype=args.dtype,
+        attention_backend=args.attention_backend, kernel_backend=args.kernel_backend,
+        enable_test_faults=args.enable_test_faults,
+    )
+    return ServerConfig(
+        worker=worker, host=args.host, port=args.port, api_key=args.api_key, max_queue=args.max_queue,
+        max_batch_size=args.max_batch_size, max_pixels=args.max_pixels, max_body_bytes=args.max_body_bytes,
+        result_ttl_s=args.result_ttl_s,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+
+    import uvicorn
+
+    from fastdit.log import get_logger
+    from fastdit.server.app import create_app
+    from fastdit.server.worker import WorkerHandle
+
+    handle = WorkerHandle(config.worker)
+    try:
+        info = handle.start(config.worker_load_timeout_s)
+    except RuntimeError as exc:
+        print(f"fastdit.serve: error: {exc}", file=sys.stderr)
+        return 1
+    get_logger().info(
+        "serving %s (%s, %s on %s) at http://%s:%d, worker pid %d",
+        config.model_name, info["task"], info["dtype"], info["device"], config.host, config.port, info["pid"],
+    )
+    try:
+        uvicorn.run(create_app(config, handle), host=config.host, port=config.port, log_level=args.log_level,
+                    timeout_graceful_shutdown=10)
+    finally:
+        handle.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""The HTTP process's side of the worker: a bounded FIFO queue, the dispatcher that batches it, worker restarts.
+
+    engine = Engine(config, metrics, handle)        # handle: a started WorkerHandle (serve.py starts it first)
+    await engine.start()                            # in the app's lifespan
+    outcome = await engine.submit(spec)             # raises APIError 429 when --max-queue requests already wait
+
+Life of a job: submit() admits it into `queue` (at most max_queue waiting, else 429 with Retry-After) -> the
+dispatcher takes the oldest job plus compatible ones (batching.take_batch) and hands the batch to the worker ->
+each job's future gets its own outcome exactly once. If the worker process dies, every job of the batch it held
+gets a 500, the worker is restarted, and jobs still waiting in the queue run on the new worker. A job whose
+client went away (`cancel`) leaves the queue if it has not started; if it has, its result is dropped.
+Everything here runs on the event loop except the blocking worker calls, which run in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastdit.log import get_logger
+from fastdit.server import errors
+from fastdit.server.batching import take_batch
+from fastdit.server.config import ServerConfig
+from fastdit.server.metrics import Metrics
+from fastdit.server.schemas import GenerationSpec
+from fastdit.server.worker import WorkerDied, WorkerHandle
+
+logger = get_logger("fastdit.server")
+IDLE_CHECK_S = 0.5  # how often an idle dispatcher checks that the worker is alive
+RESTART_RETRY_S = 5.0
+
+
+@dataclass
+class Job:
+    spec: GenerationSpec
+    future: asyncio.Future
+    id: str = field(default_factory=lambda: secrets.token_hex(8))
+    state: str = "queued"  # queued -> in_progress -> done
+    enqueued_at: float = field(default_factory=time.perf_counter)
+    on_start: Callable[[], None] | None = None
+
+
+class Engine:
+    def __init__(self, config: ServerConfig, metrics: Metrics, handle: WorkerHandle):
+        self.config = config
+        self.metrics = metrics
+        self.handle = handle
+        self.queue: deque[Job] = deque()
+        self.running: list[Job] = []
+        self.restarts = 0
+        self.ready = handle.is_alive()
+        self._wakeup = asyncio.Event()
+        self._batch_ids = itertools.count()
+        self._task: asyncio.Task | None = None
+        self._mean_batch_s = 1.0  # running estimate, for Retry-After
+
+    # ------------------------------------------------------------------------------------------------ admission
+    def submit(self, spec: GenerationSpec, on_start: Callable[[], None] | None = None) -> Job:
+        """Admit a job or raise APIError (429 queue full, 503 worker down). The caller awaits job.future."""
+        if len(self.queue) >= self.config.max_queue:
+            raise errors.queue_full(self.config.max_queue, self.retry_after_s())
+        if self._task is None or self._task.done():
+            raise errors.unavailable("the server is shutting down")
+        job = Job(spec=spec, future=asyncio.get_running_loop().create_future(), on_start=on_start)
+        self.queue.append(job)
+        self.metrics.queue_depth.set(len(self.queue))
+        self._wakeup.set()
+        return job
+
+    def cancel(self, job: Job) -> None:
+        """The client went away: drop the job if it is still waiting (its future is cancelled)."""
+        if job.state == "queued" and job in self.queue:
+            self.queue.remove(job)
+            self.metrics.queue_depth.set(len(self.queue))
+            job.state = "done"
+            job.future.cancel()
+
+    def retry_after_s(self) -> int:
+        """Seconds until the queue has likely drained one batch's worth: at least 1."""
+        batches_ahead = math.ceil(len(self.queue) / self.config.max_batch_size) + 1
+        return max(1, math.ceil(batches_ahead * self._mean_batch_s))
+
+    # ------------------------------------------------------------------------------------------------ dispatcher
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._dispatch_forever(), name="fastdit-dispatcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        for job in list(self.queue) + self.running:
+            self._resolve(job, errors.unavailable("the server is shutting down"))
+        self.queue.clear()
+        await asyncio.to_thread(self.handle.stop)
+
+    async def _dispatch_forever(self) -> None:
+        while True:
+            if not self.queue:
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), IDLE_CHECK_S)
+                except asyncio.TimeoutError:
+                    pass
+            if not self.handle.is_alive():
+                await self._restart(f"the worker process (pid {self.handle.pid}) exited with code "
+                                    f"{self.handle.process.exitcode if self.handle.process else None}")
+                continue
+            if self.queue:
+                await self._run_one_batch()
+
+    async def _run_one_batch(self) -> None:
+        batch = take_batch(self.queue, self.config.max_batch_size)
+        self.metrics.queue_depth.set(len(self.queue))
+        now = time.perf_counter()
+        for job in batch:
+            job.state = "in_progress"
+            self.metrics.queue_wait.observe(now - job.enqueued_at)
+            if job.on_start is not None:
+                job.on_start()
+        self.running = batch
+        self.metrics.batch_images.observe(sum(job.spec.n for job in batch))
+        try:
+            outcomes, stats = await asyncio.to_thread(self.handle.run, next(self._batch_ids), [job.spec for job in batch])
+        except WorkerDied as exc:
+            message = f"{exc} while running this request; it has been restarted"
+            for job in batch:
+                self._resolve(job, errors.server_error(message, "worker_died"))
+            await self._restart(str(exc))
+            return
+        finally:
+            self.running = []
+        self._mean_batch_s = 0.8 * self._mean_batch_s + 0.2 * stats["batch_ms"] / 1e3
+        self.metrics.observe_batch(outcomes, stats)
+        for job, outcome in zip(batch, outcomes):
+            self._resolve(job, outcome)
+
+    def _resolve(self, job: Job, outcome: dict[str, Any] | errors.APIError) -> None:
+        """Answer a job exactly once: its future takes the outcome dict or the APIError."""
+        job.state = "done"
+        if job.future.done():  # cancelled by a departed client, or already answered
+            return
+        if isinstance(outcome, errors.APIError):
+            job.future.set_exception(outcome)
+        elif not outcome["ok"]:
+            status = outcome["status"]
+            error = errors.bad_request(outcome["message"]) if status == 400 else errors.server_error(outcome["message"], outcome["code"])
+            job.future.set_exception(error)
+        else:
+            job.future.set_result(outcome)
+
+    async def _restart(self, reason: str) -> None:
+        """Replace a dead worker. While it loads, queued jobs wait; if loading fails they get a 500."""
+        self.ready = False
+        self.restarts += 1
+        self.metrics.worker_restarts.inc()
+        logger.warning("%s; restarting the worker", reason)
+        await asyncio.to_thread(self.handle.stop)
+        try:
+            info = await asyncio.to_thread(self.handle.start, self.config.worker_load_timeout_s)
+        except RuntimeError as exc:
+            logger.error("worker restart failed: %s", exc)
+            for job in list(self.queue):
+                self._resolve(job, errors.server_error(f"the worker could not be restarted: {exc}", "worker_down"))
+            self.queue.clear()
+            self.metrics.queue_depth.set(0)
+            await asyncio.sleep(RESTART_RETRY_S)
+            return
+        self.ready = True
+        logger.info("worker restarted: pid %s", info["pid"])

@@ -1,0 +1,260 @@
+"""The worker process: it alone owns the device and the pipeline; the HTTP process talks to it over one Pipe.
+
+    handle = WorkerHandle(options); info = handle.start()        # spawn, build the pipeline, wait for "ready"
+    outcomes, stats = handle.run(batch_id, specs)                  # one batch at a time; WorkerDied if it dies
+
+Protocol (pickled tuples over a duplex multiprocessing Pipe, spawn start method so CUDA is initialized only here):
+    parent -> worker  ("run", batch_id, [GenerationSpec])  |  ("stop",)
+    worker -> parent  ("ready", info)  |  ("load_failed", message)  |  ("result", batch_id, [outcome], stats)
+An outcome is {"ok": True, "items": [bytes], "media_type", "size", "seed", "timings"} or
+{"ok": False, "status": 400 | 500, "message", "code"}: one per spec, in order. A batch that fails as a whole
+is retried one request at a time, so one request's failure (e.g. out of memory at batch size 4) answers 500
+for that request only. The worker exits when the parent's end of the pipe closes.
+
+Test faults (GenerationSpec.test_fault, honoured only with --enable-test-faults): "raise" and "oom" raise inside
+the worker (-> 500 for that request), "exit" ends the process abruptly (-> restart), "sleep:S" holds the
+request S seconds before running it (so a test can kill the worker while it holds a request).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import multiprocessing
+import os
+import time
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from fastdit.server.config import WorkerOptions
+from fastdit.server.media import MEDIA_TYPES, encode_image, encode_mp4
+from fastdit.server.schemas import GenerationSpec
+
+
+class WorkerDied(RuntimeError):
+    """The worker process ended while the parent waited on it."""
+
+    def __init__(self, exitcode: int | None):
+        super().__init__(f"the worker process died (exit code {exitcode})")
+        self.exitcode = exitcode
+
+
+# ----------------------------------------------------------------------------------------------------- worker side
+def _load_pipeline(options: WorkerOptions):
+    import torch
+
+    import fastdit
+
+    return fastdit.Pipeline.from_pretrained(
+        options.model_path, device=options.device, dtype=getattr(torch, options.dtype), load_format=options.load_format,
+        attention_backend=options.attention_backend, kernel_backend=options.kernel_backend,
+    )
+
+
+def _pipeline_info(pipe: Any) -> dict[str, Any]:
+    return {
+        "pid": os.getpid(),
+        "model_id": str(pipe.model_id),
+        "task": pipe.task,
+        "pipeline": type(getattr(pipe, "recipe", pipe)).__name__,
+        "defaults": dataclasses.asdict(pipe.defaults) if dataclasses.is_dataclass(pipe.defaults) else None,
+        "dtype": str(pipe.dtype).removeprefix("torch."),
+        "device": str(pipe.device),
+    }
+
+
+def _inject_fault(fault: str | None) -> None:
+    import torch
+
+    if fault is None:
+        return
+    if fault == "exit":
+        os._exit(17)  # abrupt, as a crash or the OOM killer would be: no cleanup, no reply
+    if fault == "raise":
+        raise RuntimeError("injected test fault (fastdit_test_fault=raise)")
+    if fault == "oom":
+        raise torch.OutOfMemoryError("injected test fault: CUDA out of memory (fastdit_test_fault=oom)")
+    time.sleep(float(fault.removeprefix("sleep:")))
+
+
+def _build_request(specs: list[GenerationSpec]):
+    from PIL import Image
+
+    from fastdit.pipelines.request import GenerationRequest
+
+    head = specs[0]
+    if len(specs) == 1:  # exactly the offline call: one prompt, n images, the request's own seed
+        prompt, per_prompt = head.prompt, head.n
+    else:
+        prompt, per_prompt = tuple(s.prompt for s in specs for _ in range(s.n)), 1
+    image = Image.open(io.BytesIO(head.image)).convert("RGB") if head.image is not None else None
+    return GenerationRequest(
+        prompt=prompt, negative_prompt=head.negative_prompt, height=head.height, width=head.width,
+        num_inference_steps=head.num_inference_steps, guidance_scale=head.guidance_scale,
+        true_cfg_scale=head.true_cfg_scale, seed=head.seed, num_images_per_prompt=per_prompt,
+        num_frames=head.num_frames, fps=head.fps, image=image,
+    )
+
+
+def _failure(exc: BaseException) -> dict[str, Any]:
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError):
+        return {"ok": False, "status": 500, "code": "out_of_memory", "message": f"the device ran out of memory: {exc}"}
+    return {"ok": False, "status": 500, "code": "generation_failed", "message": f"generation failed: {type(exc).__name__}: {exc}"}
+
+
+def _encode_outcomes(specs: list[GenerationSpec], result: Any) -> list[dict[str, Any]]:
+    """Split the batch's outputs back per request (in order: spec i owns the next spec.n outputs) and encode them."""
+    outcomes, offset = [], 0
+    for spec in specs:
+        if spec.kind == "video":
+            frames = result.frames[offset]
+            items = [encode_mp4(frames, spec.fps or result.fps)]
+            first = frames[0]
+        else:
+            images = result.images[offset:offset + spec.n]
+            items = [encode_image(image, spec.output_format, spec.output_compression) for image in images]
+            first = images[0]
+        width, height = first.size if hasattr(first, "size") and not callable(first.size) else (first.shape[1], first.shape[0])
+        outcomes.append({
+            "ok": True, "items": items, "media_type": MEDIA_TYPES[spec.output_format], "size": f"{width}x{height}",
+            "seed": result.seed, "timings": result.timings,
+        })
+        offset += spec.n
+    return outcomes
+
+
+def run_batch(pipe: Any, specs: list[GenerationSpec], faults_enabled: bool) -> list[dict[str, Any]]:
+    """Run one batch through `pipe.run`; never raises for a request's own failure (it becomes its outcome)."""
+    import torch
+
+    try:
+        request = _build_request(specs)
+    except ValueError as exc:  # the pipeline's own validation: the client's fault
+        return [{"ok": False, "status": 400, "code": "invalid_value", "message": str(exc)} for _ in specs]
+    try:
+        if faults_enabled:
+            _inject_fault(specs[0].test_fault)
+        return _encode_outcomes(specs, pipe.run(request, show_progress=False))
+    except Exception as exc:  # noqa: BLE001 - any failure of a run is answered, never allowed to end the worker
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if len(specs) > 1:
+            return [run_batch(pipe, [spec], faults_enabled)[0] for spec in specs]
+        if isinstance(exc, ValueError):
+            return [{"ok": False, "status": 400, "code": "invalid_value", "message": str(exc)}]
+        return [_failure(exc)]
+
+
+def _memory_stats(pipe: Any) -> dict[str, int] | None:
+    import torch
+
+    if getattr(pipe.device, "type", None) != "cuda":
+        return None
+    return {
+        "allocated": torch.cuda.memory_allocated(pipe.device),
+        "reserved": torch.cuda.memory_reserved(pipe.device),
+        "peak": torch.cuda.max_memory_allocated(pipe.device),
+    }
+
+
+def worker_main(conn: Connection, options: WorkerOptions) -> None:
+    """Entry point of the worker process."""
+    try:
+        pipe = _load_pipeline(options)
+    except Exception as exc:  # noqa: BLE001 - reported to the parent as one line, which exits with it
+        conn.send(("load_failed", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready", _pipeline_info(pipe)))
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):  # the server went away: nothing left to answer
+            return
+        if message[0] == "stop":
+            return
+        _, batch_id, specs = message
+        start = time.perf_counter()
+        outcomes = run_batch(pipe, specs, options.enable_test_faults)
+        stats = {"memory": _memory_stats(pipe), "batch_ms": (time.perf_counter() - start) * 1e3}
+        conn.send(("result", batch_id, outcomes, stats))
+
+
+# ----------------------------------------------------------------------------------------------------- parent side
+class WorkerHandle:
+    """The parent's view of one worker process. Blocking methods: the engine calls them from a thread."""
+
+    def __init__(self, options: WorkerOptions):
+        self.options = options
+        self.process: multiprocessing.process.BaseProcess | None = None
+        self.conn: Connection | None = None
+        self.info: dict[str, Any] = {}
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def is_alive(self) -> bool:
+        return self.process is not None and self.process.is_alive()
+
+    def start(self, timeout_s: float = 1800.0) -> dict[str, Any]:
+        """Spawn the worker and wait until its pipeline is built. Raises RuntimeError with its one-line reason."""
+        context = multiprocessing.get_context("spawn")
+        parent_conn, child_conn = context.Pipe(duplex=True)
+        # Not a daemon: daemonic processes may not start children (torch.compile's workers, data loaders).
+        self.process = context.Process(target=worker_main, args=(child_conn, self.options), name="fastdit-worker")
+        self.process.start()
+        child_conn.close()
+        self.conn = parent_conn
+        ready = wait([parent_conn, self.process.sentinel], timeout=timeout_s)
+        if parent_conn not in ready:
+            self.stop()
+            raise RuntimeError(f"the worker did not load {self.options.model_path!r} within {timeout_s:g} s")
+        try:
+            message = parent_conn.recv()
+        except EOFError:
+            self.stop()
+            raise RuntimeError(f"the worker process died while loading {self.options.model_path!r}") from None
+        if message[0] != "ready":
+            self.stop()
+            raise RuntimeError(f"loading {self.options.model_path!r} failed: {message[1]}")
+        self.info = message[1]
+        return self.info
+
+    def run(self, batch_id: int, specs: list[GenerationSpec]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """Send one batch and wait for its outcomes. Raises WorkerDied when the process ends first."""
+        assert self.conn is not None and self.process is not None
+        try:
+            self.conn.send(("run", batch_id, specs))
+            while True:
+                ready = wait([self.conn, self.process.sentinel])
+                if self.conn in ready:
+                    message = self.conn.recv()
+                    break
+                if self.process.sentinel in ready:
+                    raise EOFError
+        except (EOFError, OSError, BrokenPipeError):
+            self.process.join(timeout=5)
+            raise WorkerDied(self.process.exitcode) from None
+        _, answered_id, outcomes, stats = message
+        if answered_id != batch_id:
+            raise RuntimeError(f"the worker answered batch {answered_id} while batch {batch_id} was expected")
+        return outcomes, stats
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Ask the worker to exit; kill it if it does not within timeout_s."""
+        if self.process is None:
+            return
+        if self.process.is_alive() and self.conn is not None:
+            try:
+                self.conn.send(("stop",))
+            except (OSError, BrokenPipeError):
+                pass
+            self.process.join(timeout=timeout_s)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(timeout=timeout_s)
+        if self.conn is not None:
+            self.conn.close()
+        self.conn = None
