@@ -48,6 +48,19 @@ BUILTIN_MODELS: dict[str, ModelSpec] = {
             hub_id="black-forest-labs/FLUX.1-dev",
             defaults=SamplingDefaults(height=1024, width=1024, num_inference_steps=28, guidance_scale=3.5),
         ),
+        # Wan2.1 (configs/wan.py): diffusers' WanPipeline defaults, 720x1280 for the 720P model; the tiny
+        # ones are CPU-sized (64x64, 9 frames in configs/wan.py's VIDEO_DEFAULTS).
+        ModelSpec("wan-tiny", "WanPipeline", "wan-tiny", None, SamplingDefaults(64, 64, 4, 5.0)),
+        ModelSpec("wan-tiny-i2v", "WanImageToVideoPipeline", "wan-tiny-i2v", None, SamplingDefaults(64, 64, 4, 5.0)),
+        *(
+            ModelSpec(model_id, pipeline_class, model_id, model_id, SamplingDefaults(height, width, 50, 5.0))
+            for model_id, pipeline_class, height, width in (
+                ("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "WanPipeline", 480, 832),
+                ("Wan-AI/Wan2.1-T2V-14B-Diffusers", "WanPipeline", 480, 832),
+                ("Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", "WanImageToVideoPipeline", 480, 832),
+                ("Wan-AI/Wan2.1-I2V-14B-720P-Diffusers", "WanImageToVideoPipeline", 720, 1280),
+            )
+        ),
     )
 }
 

@@ -41,8 +41,22 @@ def _flux() -> type:
     return FluxRecipe
 
 
+def _wan_t2v() -> type:
+    from fastdit.pipelines.wan import WanRecipe
+
+    return WanRecipe
+
+
+def _wan_i2v() -> type:
+    from fastdit.pipelines.wan import WanImageToVideoRecipe
+
+    return WanImageToVideoRecipe
+
+
 RECIPES: dict[str, Callable[[], type]] = {
     "FluxPipeline": _flux,
+    "WanPipeline": _wan_t2v,
+    "WanImageToVideoPipeline": _wan_i2v,
 }
 
 

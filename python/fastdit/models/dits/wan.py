@@ -326,7 +326,8 @@ class WanTimeTextImageEmbedding(nn.Module):
 
     def time(self, timestep: torch.Tensor, dtype: torch.dtype, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
         """timestep [B] (0..1000) -> temb [B, dim], timestep_proj [B, 6, dim]."""
-        t_freq = ops.timestep_embedding(timestep, self.freq_dim, flip_sin_to_cos=True, backend=backend)
+        # diffusers embeds float(t); the scheduler may hand out int64 timesteps (UniPC)
+        t_freq = ops.timestep_embedding(timestep.float(), self.freq_dim, flip_sin_to_cos=True, backend=backend)
         t_freq = t_freq.to(self.time_embedder.linear_1.weight.dtype)
         temb = self.time_embedder(t_freq).to(dtype)
         timestep_proj = self.time_proj(F.silu(temb))
@@ -388,10 +389,13 @@ class WanTransformer3DModel(nn.Module):
         self,
         hidden_states: torch.Tensor,
         timestep: torch.Tensor,
-        encoder_hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
         encoder_hidden_states_image: torch.Tensor | None = None,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        context: tuple[torch.Tensor, torch.Tensor | None] | None = None,
     ) -> torch.Tensor:
+        """rope: `self.rope(shape)`, context: `self.encode_context(...)`, both step-invariant: a sampling loop
+        computes them once and passes them instead of recomputing (then encoder_hidden_states* are unused)."""
         backend = self.kernel_backend
         B = hidden_states.shape[0]
         f, h, w = self.grid(hidden_states.shape)
@@ -401,7 +405,11 @@ class WanTransformer3DModel(nn.Module):
         # embeddings
         img = self.patch_embedding(hidden_states).flatten(2).transpose(1, 2).contiguous()  # [B, S, dim]
         temb, timestep_proj = self.condition_embedder.time(timestep, img.dtype, backend)
-        txt, img_ctx = self.encode_context(encoder_hidden_states, encoder_hidden_states_image)
+        if context is None:
+            if encoder_hidden_states is None:
+                raise ValueError("WanTransformer3DModel: give encoder_hidden_states or a precomputed context")
+            context = self.encode_context(encoder_hidden_states, encoder_hidden_states_image)
+        txt, img_ctx = context
 
         # blocks
         for block in self.blocks:
@@ -414,3 +422,30 @@ class WanTransformer3DModel(nn.Module):
         p_t, p_h, p_w = self.config.patch_size
         img = img.reshape(B, f, h, w, p_t, p_h, p_w, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
         return img.reshape(B, -1, f * p_t, h * p_h, w * p_w)
+
+
+# loading
+
+# Parameters diffusers keeps in fp32 in a bf16 model (its _keep_in_fp32_modules): the adaLN tables and the
+# timestep MLP, whose small differences would otherwise be rounded away before they modulate every token.
+def _kept_in_fp32(name: str) -> bool:
+    return name.endswith("scale_shift_table") or name.startswith("condition_embedder.time_embedder.")
+
+
+def load_wan_transformer(
+    config: WanTransformerConfig, folder: str | None, dtype: torch.dtype, device,
+    attn_op: AttnOp | None = None, kernel_backend: str = "auto",
+) -> WanTransformer3DModel:
+    """Builds the model on `device` (parameters allocated once, there) and fills it from a diffusers
+    `transformer/` folder, or with random weights when folder is None (--load-format dummy)."""
+    from fastdit.loader.weights import build_module, init_dummy_weights, load_state_dict, load_weights
+
+    model = build_module(lambda: WanTransformer3DModel(config, attn_op, kernel_backend), dtype, device)
+    for name, param in model.named_parameters():
+        if _kept_in_fp32(name):
+            param.data = param.data.float()
+    if folder is None:
+        init_dummy_weights(model, seed=0)
+    else:
+        load_weights(model, load_state_dict(folder), "transformer")
+    return model

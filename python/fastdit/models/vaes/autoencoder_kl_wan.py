@@ -415,3 +415,18 @@ class AutoencoderKLWan(nn.Module):
         else:
             out = self._decode_untiled(z, chunk_frames)
         return out.clamp(-1.0, 1.0)
+
+
+def load_autoencoder_kl_wan(config: WanVAEConfig, folder: str | None, dtype: torch.dtype, device) -> AutoencoderKLWan:
+    """Builds the VAE on `device` and fills it from a diffusers `vae/` folder, or randomly when folder is None."""
+    from fastdit.loader.weights import build_module, init_dummy_weights, load_state_dict, load_weights
+
+    model = build_module(lambda: AutoencoderKLWan(config), dtype, device)
+    if folder is None:
+        init_dummy_weights(model, seed=0)
+        for module in model.modules():  # norm scales start at 1, as a freshly built diffusers VAE
+            if isinstance(module, ChannelRMSNorm):
+                module.gamma.data.fill_(1.0)
+    else:
+        load_weights(model, load_state_dict(folder), "vae")
+    return model

@@ -1,0 +1,361 @@
+"""The Wan2.1 recipes: text-to-video (WanPipeline) and image-to-video (WanImageToVideoPipeline).
+
+    validate -> encode -> timesteps -> latents -> denoise -> decode (-> save as MP4)
+
+Each stage computes what diffusers' Wan pipelines compute, so that from the same initial latents the final
+latents agree with `WanPipeline(..., output_type="latent")`:
+
+    encode     UMT5 [B, 512, 4096], zero past each prompt's length; the negative prompt (Wan's default, the
+               Chinese string below, when none is given) in the same encoder call. I2V: CLIP ViT-H/14
+               penultimate states of the input image [1, 257, 1280].
+    timesteps  UniPC flow matching (flow_shift) or flow-match Euler, from scheduler/scheduler_config.json
+    latents    noise [B, 16, 1 + (F-1)/4, H/8, W/8] fp32. I2V condition [B, 20, T, h, w]: a 4-channel mask
+               (1 on the first latent frame) and the VAE latents of (image, zeros...), normalised by mean/std
+    denoise    both CFG branches in ONE DiT pass of batch 2B: v = v_neg + g * (v_pos - v_neg); x = step(v, x)
+    decode     z * std + mean -> VAE (chunked in time) -> [0, 1] -> uint8 frames
+
+Noise comes from a CPU torch.Generator seeded with the request's seed, in fp32, as diffusers' randn_tensor
+draws it with a CPU generator: the same seed gives the same video on every device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import secrets
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fastdit.configs import wan as presets
+from fastdit.loader.weights import read_config
+from fastdit.models.dits.wan import WanTransformerConfig, load_wan_transformer
+from fastdit.models.encoders.clip_vision import CLIPVisionEncoder
+from fastdit.models.encoders.umt5 import MAX_SEQUENCE_LENGTH, UMT5TextEncoder
+from fastdit.models.vaes.autoencoder_kl_wan import WanVAEConfig, load_autoencoder_kl_wan
+from fastdit.pipelines.registry import ModelSource
+from fastdit.pipelines.request import GenerationRequest, GenerationResult, RunState, SamplingDefaults
+from fastdit.pipelines.runner import Stage, make_result, run_stages, timed_steps
+from fastdit.pipelines.save import SaveTarget
+from fastdit.pipelines.video import save_videos
+from fastdit.schedulers.flow_match_euler import FlowMatchEulerScheduler, FlowMatchEulerSchedulerConfig
+from fastdit.schedulers.unipc import UniPCMultistepScheduler, UniPCSchedulerConfig
+
+# The Wan authors' default negative prompt (Wan2.1 shared_config.sample_neg_prompt). diffusers uses "" instead.
+WAN_NEGATIVE_PROMPT = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，"
+    "JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，"
+    "手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
+)
+# diffusers' Wan pipelines: 480x832, 81 frames, 50 steps, guidance 5.0, exported at 16 fps
+FOLDER_DEFAULTS = SamplingDefaults(height=480, width=832, num_inference_steps=50, guidance_scale=5.0)
+# Latent frames the VAE decodes per pass after the first: 1 keeps diffusers' peak memory.
+VAE_DECODE_CHUNK_FRAMES = 1
+_SCHEDULERS = {
+    "UniPCMultistepScheduler": (UniPCSchedulerConfig, UniPCMultistepScheduler),
+    "FlowMatchEulerDiscreteScheduler": (FlowMatchEulerSchedulerConfig, FlowMatchEulerScheduler),
+}
+
+
+@dataclass
+class WanComponents:
+    transformer: torch.nn.Module
+    vae: torch.nn.Module
+    text_encoder: UMT5TextEncoder
+    image_encoder: CLIPVisionEncoder | None  # I2V only
+    scheduler_config: UniPCSchedulerConfig | FlowMatchEulerSchedulerConfig
+    video_defaults: presets.VideoDefaults
+
+
+@dataclass
+class WanState(RunState):
+    """One Wan run's tensors, each set by the stage named in its comment."""
+
+    image: Image.Image | None = None  # validate (I2V): the RGB input image
+    prompt_embeds: torch.Tensor | None = None  # encode: [B or 2B (negatives first), 512, text_dim]
+    image_embeds: torch.Tensor | None = None  # encode (I2V): [B or 2B, 257, image_dim]
+    scheduler: object = None  # timesteps
+    condition: torch.Tensor | None = None  # latents (I2V): [B, 20, T, h, w] mask + image latents
+
+
+class WanRecipe:
+    """Wan2.1 text-to-video; WanImageToVideoRecipe adds the image stages."""
+
+    task = "text-to-video"
+    pipeline_class = "WanPipeline"
+
+    def __init__(self, components: WanComponents, defaults: SamplingDefaults, model_id: str,
+                 device: torch.device, dtype: torch.dtype, attention_backend: str):
+        self.components = components
+        self.defaults = defaults
+        self.model_id = model_id
+        self.device = device
+        self.dtype = dtype
+        self.attention_backend = attention_backend
+        self.vae_scale_spatial = components.vae.config.scale_factor_spatial
+        self.vae_scale_temporal = components.vae.config.scale_factor_temporal
+
+    @property
+    def transformer(self) -> torch.nn.Module:
+        return self.components.transformer
+
+    @property
+    def vae(self) -> torch.nn.Module:
+        return self.components.vae
+
+    @classmethod
+    def load(cls, source: ModelSource, device: torch.device, dtype: torch.dtype, load_format: str,
+             attention_backend: str, kernel_backend: str) -> WanRecipe:
+        """Components from a diffusers folder (load_format "auto"), or a built-in preset with random weights."""
+        attn_op, attention_backend = _attention_op(attention_backend)
+        if source.folder is None:
+            components = _dummy_components(source.spec.preset, device, dtype, attn_op, kernel_backend)
+        elif load_format == "dummy":
+            raise ValueError(
+                f"load_format='dummy' takes a built-in model id, not the folder {source.folder!r}: use load_format auto"
+            )
+        else:
+            components = _folder_components(source.folder, device, dtype, attn_op, kernel_backend)
+        i2v = components.transformer.config.image_dim is not None
+        if i2v != (cls.task == "image-to-video") or (components.image_encoder is None) == i2v:
+            raise ValueError(
+                f"{source.model_id!r}: a {cls.pipeline_class} needs a transformer "
+                f"{'with' if cls.task == 'image-to-video' else 'without'} image conditioning (image_dim) and "
+                f"{'an' if cls.task == 'image-to-video' else 'no'} image encoder"
+            )
+        defaults = source.spec.defaults if source.spec is not None else FOLDER_DEFAULTS
+        return cls(components, defaults, source.model_id, device, dtype, attention_backend)
+
+    # run
+
+    def stages(self, request: GenerationRequest, save: SaveTarget | None) -> list[Stage]:
+        stages: list[Stage] = [
+            ("validate", self.validate),
+            ("encode", self.encode),
+            ("timesteps", self.prepare_timesteps),
+            ("latents", self.prepare_latents),
+            ("denoise", self.denoise),
+        ]
+        if request.output_type == "pil":
+            stages.append(("decode", self.decode))
+            if save is not None:
+                stages.append(("save", lambda req, state: self.save(req, state, save)))
+        return stages
+
+    def with_defaults(self, request: GenerationRequest) -> GenerationRequest:
+        video = self.components.video_defaults
+        request = request.with_defaults(self.defaults)
+        return dataclasses.replace(
+            request, num_frames=request.num_frames or video.num_frames, fps=request.fps or video.fps
+        )
+
+    def run(self, request: GenerationRequest, save: SaveTarget | None = None, show_progress: bool = True) -> GenerationResult:
+        request = self.with_defaults(request)
+        seed = request.seed if request.seed is not None else secrets.randbits(63)
+        state = WanState(seed=seed, show_progress=show_progress)
+        with torch.inference_mode():
+            run_stages(self.stages(request, save), request, state, self.device)
+        return make_result(state)
+
+    # stages
+
+    def validate(self, request: GenerationRequest, state: WanState) -> None:
+        """Wan's rules on top of the request's own: 4k+1 frames, no FLUX-only fields, latents' shape."""
+        t = self.vae_scale_temporal
+        if (request.num_frames - 1) % t:
+            raise ValueError(
+                f"num_frames={request.num_frames} is not allowed: {self.model_id} needs {t}k+1 frames (1, 5, 9, ..., 81)"
+            )
+        if request.true_cfg_scale != 1:
+            raise ValueError(
+                f"true_cfg_scale={request.true_cfg_scale} is not allowed: {self.model_id} takes its classifier-free "
+                "guidance scale as guidance_scale"
+            )
+        self.validate_image(request, state)
+        if request.latents is not None and tuple(request.latents.shape) != self._latent_shape(request):
+            raise ValueError(
+                f"latents of shape {tuple(request.latents.shape)} is not allowed: {self.model_id} at "
+                f"{request.num_frames}x{request.height}x{request.width} needs shape {self._latent_shape(request)}"
+            )
+
+    def validate_image(self, request: GenerationRequest, state: WanState) -> None:
+        if request.image is not None:
+            raise ValueError(
+                f"image is not allowed: {self.model_id} is a text-to-video model; an input image needs an "
+                "image-to-video model (Wan2.1-I2V)"
+            )
+
+    def encode(self, request: GenerationRequest, state: WanState) -> None:
+        """Prompts (and negatives, for CFG) -> UMT5 embeddings, negatives first: [2B or B, 512, D]."""
+        prompts = request.prompts
+        if self._cfg(request):
+            negatives = request.negative_prompts or [WAN_NEGATIVE_PROMPT] * len(prompts)
+            prompts = negatives + prompts
+        embeds = self.components.text_encoder.encode(prompts, MAX_SEQUENCE_LENGTH)
+        # diffusers' repeat(1, n).view(P * n, ...) is repeat_interleave over the batch
+        n = request.num_images_per_prompt
+        state.prompt_embeds = embeds.repeat_interleave(n, dim=0).to(self.device, self.dtype)
+
+    def prepare_timesteps(self, request: GenerationRequest, state: WanState) -> None:
+        config = self.components.scheduler_config
+        state.scheduler = (UniPCMultistepScheduler if isinstance(config, UniPCSchedulerConfig) else FlowMatchEulerScheduler)(config)
+        state.scheduler.set_timesteps(request.num_inference_steps, device=self.device)
+
+    def prepare_latents(self, request: GenerationRequest, state: WanState) -> None:
+        """Initial noise [B, 16, T, h, w] fp32: the caller's, or drawn on the CPU from the seed."""
+        if request.latents is not None:
+            state.latents = request.latents.to(device=self.device, dtype=torch.float32)
+            return
+        generator = torch.Generator(device="cpu").manual_seed(state.seed)
+        noise = torch.randn(self._latent_shape(request), generator=generator, dtype=torch.float32)
+        state.latents = noise.to(self.device)
+
+    def denoise(self, request: GenerationRequest, state: WanState) -> None:
+        """The sampling loop; RoPE and the projected text/image tokens are computed once, outside it."""
+        latents = state.latents
+        cfg = self._cfg(request)
+        rope = self.transformer.rope(latents.shape, device=self.device)
+        context = self.transformer.encode_context(state.prompt_embeds, state.image_embeds)
+        for i, t in timed_steps(state, state.scheduler.timesteps, self.device):
+            x = latents if state.condition is None else torch.cat([latents, state.condition], dim=1)
+            x = x.to(self.dtype)
+            if cfg:
+                x = torch.cat([x, x])
+            timestep = t.expand(x.shape[0])
+            velocity = self.transformer(x, timestep, rope=rope, context=context)
+            if cfg:
+                uncond, cond = velocity.chunk(2)
+                velocity = uncond + request.guidance_scale * (cond - uncond)
+            latents = state.scheduler.step(velocity, latents, i)
+        state.latents = latents
+
+    def decode(self, request: GenerationRequest, state: WanState) -> None:
+        """Latents -> frames: z * std + mean (as diffusers: z / (1 / std) + mean), VAE, [-1, 1] -> uint8."""
+        vae_dtype = next(self.vae.parameters()).dtype
+        latents = state.latents.to(vae_dtype)
+        mean, std = self.vae.latents_mean_std(latents.device, latents.dtype)
+        latents = latents / (1.0 / std) + mean
+        video = self.vae.decode(latents, chunk_frames=VAE_DECODE_CHUNK_FRAMES)  # [B, 3, F, H, W]
+        video = (video / 2 + 0.5).clamp(0, 1)
+        pixels = (video.permute(0, 2, 3, 4, 1).float().cpu().numpy() * 255).round().astype(np.uint8)
+        state.frames = [[Image.fromarray(frame) for frame in clip] for clip in pixels]
+
+    def save(self, request: GenerationRequest, state: WanState, target: SaveTarget) -> None:
+        state.paths = save_videos(state.frames, target, request.prompts[0], state.seed, request.fps)
+
+    # helpers
+
+    def _latent_shape(self, request: GenerationRequest) -> tuple[int, ...]:
+        s = self.vae_scale_spatial
+        frames = (request.num_frames - 1) // self.vae_scale_temporal + 1
+        return (request.batch_size, self.vae.config.z_dim, frames, request.height // s, request.width // s)
+
+    @staticmethod
+    def _cfg(request: GenerationRequest) -> bool:
+        return request.guidance_scale > 1.0  # as diffusers' do_classifier_free_guidance
+
+
+class WanImageToVideoRecipe(WanRecipe):
+    """Wan2.1 I2V: the first frame is given; the DiT sees it as 20 extra latent channels and CLIP tokens."""
+
+    task = "image-to-video"
+    pipeline_class = "WanImageToVideoPipeline"
+
+    def validate_image(self, request: GenerationRequest, state: WanState) -> None:
+        if request.image is None:
+            raise ValueError(f"image is required: {self.model_id} is an image-to-video model; give an input image (--image-path)")
+        state.image = load_image(request.image)
+
+    def encode(self, request: GenerationRequest, state: WanState) -> None:
+        super().encode(request, state)
+        tokens = self.components.image_encoder.encode(state.image)  # [1, 257, image_dim]
+        state.image_embeds = tokens.to(self.device, self.dtype).expand(state.prompt_embeds.shape[0], -1, -1)
+
+    def prepare_latents(self, request: GenerationRequest, state: WanState) -> None:
+        """Noise as T2V, plus the condition: mask [B, 4, T, h, w] (1 on latent frame 0) and the normalised VAE
+        latents of the image followed by num_frames - 1 black frames."""
+        super().prepare_latents(request, state)
+        B, _, T, h, w = state.latents.shape
+        pixels = _image_to_tensor(state.image, request.height, request.width).to(self.device)  # [1, 3, H, W]
+        video = torch.cat([pixels[:, :, None], pixels.new_zeros(1, 3, request.num_frames - 1, *pixels.shape[-2:])], dim=2)
+        vae_dtype = next(self.vae.parameters()).dtype
+        latent = self.vae.encode(video.to(vae_dtype)).to(torch.float32)  # [1, 16, T, h, w]
+        mean, std = self.vae.latents_mean_std(self.device, torch.float32)
+        latent = ((latent - mean) * (1.0 / std)).repeat(B, 1, 1, 1, 1)
+        mask = torch.zeros(B, self.vae_scale_temporal, T, h, w, device=self.device)
+        mask[:, :, 0] = 1
+        state.condition = torch.cat([mask, latent], dim=1)
+
+
+def load_image(image) -> Image.Image:
+    """A PIL image, or the path of one, as RGB; anything unreadable is a one-line ValueError."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if not isinstance(image, (str, os.PathLike)):
+        raise ValueError(f"image of type {type(image).__name__} is not allowed: give a PIL image or an image file path")
+    try:
+        with Image.open(image) as opened:
+            return opened.convert("RGB")
+    except (OSError, ValueError) as e:
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise ValueError(f"image={os.fspath(image)!r} is not allowed: cannot read it as an image ({reason})") from None
+
+
+def _image_to_tensor(image: Image.Image, height: int, width: int) -> torch.Tensor:
+    """diffusers' VaeImageProcessor.preprocess: Lanczos resize to (width, height), [0, 255] -> [-1, 1], [1, 3, H, W]."""
+    resized = np.asarray(image.resize((width, height), resample=Image.LANCZOS), dtype=np.float32) / 255.0
+    return torch.from_numpy(resized).permute(2, 0, 1)[None] * 2.0 - 1.0
+
+
+# loading
+
+
+def _attention_op(backend: str):
+    """(attn_op for the transformer, resolved backend name). The model's default op is torch SDPA."""
+    if backend not in ("auto", "sdpa"):
+        raise ValueError(f"attention_backend={backend!r} is not allowed: this build offers auto, sdpa")
+    return None, "sdpa"
+
+
+def _dummy_components(preset: str, device, dtype, attn_op, kernel_backend: str) -> WanComponents:
+    """The built-in architecture `preset` with random weights and a stand-in tokenizer: nothing downloaded."""
+    image_preset = presets.IMAGE_ENCODER_PRESETS.get(preset)
+    return WanComponents(
+        transformer=load_wan_transformer(presets.transformer_preset(preset), None, dtype, device, attn_op, kernel_backend),
+        vae=load_autoencoder_kl_wan(presets.vae_preset(preset), None, dtype, device),
+        text_encoder=UMT5TextEncoder.dummy(presets.TEXT_ENCODER_PRESETS[preset], dtype, device),
+        image_encoder=CLIPVisionEncoder.dummy(image_preset, dtype, device) if image_preset else None,
+        scheduler_config=presets.scheduler_preset(preset),
+        video_defaults=presets.VIDEO_DEFAULTS[preset],
+    )
+
+
+def _scheduler_config(folder: str):
+    path = os.path.join(folder, "scheduler", "scheduler_config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read the scheduler config {path!r}: {e}") from None
+    name = data.get("_class_name")
+    if name not in _SCHEDULERS:
+        raise ValueError(f"scheduler {name!r} in {path!r} is not supported; supported: {', '.join(sorted(_SCHEDULERS))}")
+    return _SCHEDULERS[name][0].from_dict(data)
+
+
+def _folder_components(folder: str, device, dtype, attn_op, kernel_backend: str) -> WanComponents:
+    """Every component from its subfolder of a diffusers Wan pipeline folder, weights strictly checked."""
+    sub = lambda name: os.path.join(folder, name)  # noqa: E731
+    t_config = WanTransformerConfig.from_dict(read_config(sub("transformer")))
+    has_image_encoder = os.path.isdir(sub("image_encoder"))
+    return WanComponents(
+        transformer=load_wan_transformer(t_config, sub("transformer"), dtype, device, attn_op, kernel_backend),
+        vae=load_autoencoder_kl_wan(WanVAEConfig.from_dict(read_config(sub("vae"))), sub("vae"), dtype, device),
+        text_encoder=UMT5TextEncoder.from_pretrained(folder, dtype, device),
+        image_encoder=CLIPVisionEncoder.from_pretrained(folder, dtype, device) if has_image_encoder else None,
+        scheduler_config=_scheduler_config(folder),
+        video_defaults=presets.WAN_VIDEO_DEFAULTS,
+    )
