@@ -184,7 +184,7 @@ class WanAttention(nn.Module):
 
 
 class Modulation(NamedTuple):
-    """adaLN vectors of one block, each [B, dim] fp32: msa for self-attention, c_ for the FFN."""
+    """adaLN vectors of one block, each [B, dim]: msa for self-attention, c_ for the FFN."""
 
     shift_msa: torch.Tensor
     scale_msa: torch.Tensor
@@ -232,10 +232,12 @@ class WanTransformerBlock(nn.Module):
         self.ffn = FeedForward(dim, cfg.ffn_dim, dim, approximate="tanh")
         self.scale_shift_table = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
-    def modulation(self, timestep_proj: torch.Tensor) -> Modulation:
-        """timestep_proj [B, 6, dim] -> six [B, dim] fp32 vectors (strided views of one tensor)."""
+    def modulation(self, timestep_proj: torch.Tensor, dtype: torch.dtype) -> Modulation:
+        """timestep_proj [B, 6, dim] -> six [B, dim] vectors, summed in fp32 as diffusers. Shifts and scales
+        go to the fused norm ops in the activations' dtype (strided views); gates stay fp32."""
         mod = self.scale_shift_table.float() + timestep_proj.float()  # [B, 6, dim]
-        return Modulation(*mod.unbind(1))
+        low = mod.to(dtype)
+        return Modulation(low[:, 0], low[:, 1], mod[:, 2], low[:, 3], low[:, 4], mod[:, 5])
 
     def forward(
         self,
@@ -248,8 +250,8 @@ class WanTransformerBlock(nn.Module):
         backend: str,
     ) -> torch.Tensor:
         """img [B, S, dim], txt [B, S_txt, dim], img_ctx [B, S_ctx, dim] | None, timestep_proj [B, 6, dim]."""
-        m = self.modulation(timestep_proj)
         dtype = img.dtype
+        m = self.modulation(timestep_proj, dtype)
 
         # self-attention
         x = ops.layer_norm_modulate(img, m.shift_msa, m.scale_msa, self.eps, backend=backend)
@@ -416,7 +418,8 @@ class WanTransformer3DModel(nn.Module):
             img = block(img, txt, img_ctx, timestep_proj, rope, self.attn_op, backend)
 
         # output norm, projection, unpatchify
-        shift, scale = (self.scale_shift_table.float() + temb.float()[:, None]).unbind(1)  # [B, dim] each
+        mod = (self.scale_shift_table.float() + temb.float()[:, None]).to(img.dtype)  # [B, 2, dim]
+        shift, scale = mod.unbind(1)
         img = ops.layer_norm_modulate(img, shift, scale, self.config.eps, backend=backend)
         img = self.proj_out(img)  # [B, S, p_t*p_h*p_w*C_out]
         p_t, p_h, p_w = self.config.patch_size
