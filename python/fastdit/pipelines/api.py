@@ -36,13 +36,16 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 MODEL_INDEX = "model_index.json"
 
 
-def parse_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    """torch.bfloat16 or a name ("bf16", "bfloat16", "fp16", "float16", "fp32", "float32")."""
+def parse_dtype(dtype: torch.dtype | str, device: torch.device) -> torch.dtype:
+    """torch.bfloat16, a name ("bf16", "bfloat16", "fp16", "float16", "fp32", "float32"), or "auto":
+    bfloat16 on a GPU, float32 on a CPU (CPUs without bf16 matrix units run bf16 matmuls several times slower)."""
     if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
         return dtype
+    if isinstance(dtype, str) and dtype.lower() == "auto":
+        return torch.float32 if device.type == "cpu" else torch.bfloat16
     if isinstance(dtype, str) and dtype.lower() in DTYPES:
         return DTYPES[dtype.lower()]
-    raise ValueError(f"dtype={dtype!r} is not allowed: dtype must be one of bfloat16, float16, float32")
+    raise ValueError(f"dtype={dtype!r} is not allowed: dtype must be one of auto, bfloat16, float16, float32")
 
 
 def parse_device(device: torch.device | str | None) -> torch.device:
@@ -159,6 +162,7 @@ class Pipeline:
     ) -> Pipeline:
         """Load `model` (built-in id, diffusers folder or hub id) onto `device` in `dtype`.
 
+        dtype: a torch dtype or its name, or "auto" (bfloat16 on GPU, float32 on CPU).
         load_format: "auto" (the checkpoint's weights; built-ins without weights use dummy) or "dummy"
         (random weights of the built-in architecture, no download). attention_backend / kernel_backend:
         None reads FASTDIT_ATTENTION_BACKEND / FASTDIT_KERNEL_BACKEND (default "auto").
@@ -166,7 +170,7 @@ class Pipeline:
         if load_format not in LOAD_FORMATS:
             raise ValueError(f"load_format={load_format!r} is not allowed: load_format must be one of auto, dummy")
         device = parse_device(device)
-        dtype = parse_dtype(dtype)
+        dtype = parse_dtype(dtype, device)
         attention_backend = attention_backend or envs.attention_backend()
         kernel_backend = kernel_backend or envs.kernel_backend()
         source, pipeline_class = resolve_model(model, load_format)
