@@ -1,17 +1,67 @@
 """Attention over [B, S, H, D] tensors, through one backend chosen once at load.
 
-    out = attention(q, k, v, backend="sdpa")      # q: [B, Sq, H, D], k, v: [B, Sk, H, D] -> [B, Sq, H, D]
+    op = make_attention_op("auto", device, dtype, head_dim)   # resolves and logs the choice once
+    out = op(q, k, v)                                         # q: [B, Sq, H, D], k, v: [B, Sk, H, D]
+    out, lse = attention_with_lse(q, k, v, backend)           # lse: [B, H, Sq] fp32 (ring attention)
+    out = attention(q, k, v, backend="sdpa")                  # one call, no resolution
 
-The backend is a resolved name, passed in by the model's owner (never a module global).
+Backends (backends.py): fastdit, fa4, triton, aiter, sdpa, sdpa-cudnn; `auto` follows the measured
+table in selector.py. The backend is an argument passed in by the model's owner, never a module global.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
-import torch.nn.functional as F
+
+from fastdit import envs
+from fastdit.layers.attention.backends import BACKENDS, attend, attend_with_lse
+from fastdit.layers.attention.selector import AUTO_TABLE, choose, device_info
+from fastdit.log import log_once
+
+__all__ = ["AUTO_TABLE", "BACKENDS", "AttentionOp", "attention", "attention_with_lse", "make_attention_op"]
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "sdpa") -> torch.Tensor:
-    """Non-causal softmax(q k^T / sqrt(D)) v. q: [B, Sq, H, D]; k, v: [B, Sk, H, D]."""
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-    return out.transpose(1, 2)
+    """Non-causal softmax(q k^T / sqrt(D)) v. q: [B, Sq, H, D]; k, v: [B, Sk, H, D] -> [B, Sq, H, D]."""
+    return attend(backend, q, k, v)
+
+
+def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       backend: str = "sdpa") -> tuple[torch.Tensor, torch.Tensor]:
+    """(out [B, Sq, H, D], lse [B, H, Sq] fp32, natural log) for a resolved backend name."""
+    return attend_with_lse(backend, q, k, v)
+
+
+@dataclass(frozen=True)
+class AttentionOp:
+    """A callable bound to one resolved backend: op(q, k, v, *, joint_txt_len=0) -> out.
+
+    joint_txt_len (leading text tokens of a FLUX joint sequence) matters only to sequence-parallel ops;
+    single-GPU attention ignores it.
+    """
+
+    backend: str = "sdpa"
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, joint_txt_len: int = 0) -> torch.Tensor:
+        return attend(self.backend, q, k, v)
+
+    def with_lse(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return attend_with_lse(self.backend, q, k, v)
+
+
+def make_attention_op(backend: str = "auto", device=None, dtype: torch.dtype | None = None,
+                      head_dim: int | None = None) -> AttentionOp:
+    """Resolve `backend` once for (device, dtype, head_dim) and log the choice once.
+
+    backend "auto" defers to FASTDIT_ATTENTION_BACKEND when that is set (the argument, when not "auto", wins).
+    A forced backend that cannot run raises ValueError naming why and which backend would.
+    """
+    if backend == "auto":
+        backend = envs.attention_backend()
+    info = device_info(device, dtype, head_dim)
+    name, reason = choose(backend, info)
+    log_once(f"attention backend: {name} [{reason}] for {info.kind} sm{info.capability[0]}{info.capability[1]} "
+             f"{str(info.dtype).removeprefix('torch.')} head_dim={info.head_dim}")
+    return AttentionOp(name)

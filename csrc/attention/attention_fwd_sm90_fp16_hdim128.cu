@@ -1,0 +1,7 @@
+// One instantiation of the sm90 forward attention: fp16, head dim 128.
+#include "attention_fwd_sm90.h"
+#include "attention_fwd_sm90_tma_wgmma_ws.cuh"
+
+namespace fastdit::attention::sm90 {
+template cudaError_t launch_attention_fwd_sm90<cutlass::half_t, 128>(FwdArguments const&, cudaStream_t);
+}  // namespace fastdit::attention::sm90

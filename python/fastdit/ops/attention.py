@@ -1,0 +1,185 @@
+"""attention_fwd: non-causal softmax attention over [B, S, H, D] tensors, with optional per-batch key
+lengths and the log-sum-exp:
+
+    out[b, i, h] = sum_j p_ij v[b, j, h],  p_ij = softmax_j(scale * q[b, i, h] . k[b, j, h]),  j < seqlens_k[b]
+    lse[b, h, i] = log sum_j exp(scale * q[b, i, h] . k[b, j, h])      # fp32 [B, H, Sq]; -inf with no keys
+
+q: [B, Sq, H, D]; k, v: [B, Sk, H, D] (Sq may differ from Sk); out: [B, Sq, H, D] in q's dtype.
+Backends: "cuda" (our sm90 TMA/wgmma kernel, csrc/attention), "triton" (FA2-class, triton_kernels/attention.py),
+"torch" (attention_ref, fp32 math). "auto" picks cuda > triton > torch by the supports_* predicates.
+Layers choose among whole attention libraries in fastdit.layers.attention; this module is one op.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import math
+import os
+
+import torch
+
+from fastdit import envs
+
+BACKENDS = ("auto", "cuda", "triton", "torch")
+_DTYPE_CODES = {torch.bfloat16: 1, torch.float16: 2}  # FastditDtype in csrc/api/library.h
+
+
+def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seqlens_k: torch.Tensor | None = None,
+                  softmax_scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference in fp32 math. Returns (out [B, Sq, H, D] in q's dtype, lse [B, H, Sq] fp32)."""
+    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    s = torch.einsum("bihd,bjhd->bhij", q.float(), k.float()) * scale  # [B, H, Sq, Sk]
+    if seqlens_k is not None:
+        keep = torch.arange(k.shape[1], device=q.device)[None, :] < seqlens_k.to(q.device).long()[:, None]  # [B, Sk]
+        s = s.masked_fill(~keep[:, None, None, :], float("-inf"))
+    lse = torch.logsumexp(s, dim=-1)  # [B, H, Sq]
+    p = torch.exp(s - torch.where(torch.isinf(lse), 0.0, lse)[..., None])
+    out = torch.einsum("bhij,bjhd->bihd", p, v.float())
+    return out.to(q.dtype), lse
+
+
+# The CUDA library ------------------------------------------------------------------------------------------
+
+class _FwdArgs(ctypes.Structure):
+    """Mirror of FastditAttentionFwdArgs (csrc/api/attention.cu); field order is the ABI."""
+
+    _fields_ = [
+        ("q", ctypes.c_void_p), ("k", ctypes.c_void_p), ("v", ctypes.c_void_p), ("out", ctypes.c_void_p),
+        ("lse", ctypes.c_void_p), ("seqlens_k", ctypes.c_void_p), ("dtype", ctypes.c_int32),
+        ("batch", ctypes.c_int32), ("seqlen_q", ctypes.c_int32), ("seqlen_k", ctypes.c_int32),
+        ("num_heads", ctypes.c_int32), ("head_dim", ctypes.c_int32),
+        ("q_strides", ctypes.c_int64 * 3), ("k_strides", ctypes.c_int64 * 3),
+        ("v_strides", ctypes.c_int64 * 3), ("o_strides", ctypes.c_int64 * 3),
+        ("softmax_scale", ctypes.c_float),
+    ]
+
+
+@functools.lru_cache(maxsize=1)
+def _library() -> ctypes.CDLL | None:
+    """The kernel library with the attention export, or None (not built, not found, or no export)."""
+    path = envs.kernel_library_path()
+    try:
+        lib = ctypes.CDLL(path) if path else None
+    except OSError:
+        lib = None
+    if lib is None or not hasattr(lib, "fastdit_attention_fwd"):
+        return None
+    lib.fastdit_attention_fwd.argtypes = [ctypes.POINTER(_FwdArgs), ctypes.c_int, ctypes.c_void_p]
+    lib.fastdit_attention_fwd.restype = ctypes.c_int
+    lib.fastdit_last_error.restype = ctypes.c_char_p
+    return lib
+
+
+def _strides(t: torch.Tensor) -> tuple[int, int, int]:
+    return (t.stride(0), t.stride(1), t.stride(2))
+
+
+def _launch_cuda(q, k, v, out, lse, seqlens_k, scale: float) -> None:
+    lib = _library()
+    a = _FwdArgs(q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
+                 lse.data_ptr() if lse is not None else None,
+                 seqlens_k.data_ptr() if seqlens_k is not None else None, _DTYPE_CODES[q.dtype],
+                 q.shape[0], q.shape[1], k.shape[1], q.shape[2], q.shape[3],
+                 (ctypes.c_int64 * 3)(*_strides(q)), (ctypes.c_int64 * 3)(*_strides(k)),
+                 (ctypes.c_int64 * 3)(*_strides(v)), (ctypes.c_int64 * 3)(*_strides(out)), scale)
+    stream = torch.cuda.current_stream(q.device).cuda_stream
+    if lib.fastdit_attention_fwd(ctypes.byref(a), q.device.index, ctypes.c_void_p(stream)) != 0:
+        raise RuntimeError(lib.fastdit_last_error().decode())
+
+
+# Predicates -------------------------------------------------------------------------------------------------
+
+def supports_cuda(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Our sm90 kernel: a Hopper GPU, bf16/fp16, head dim 64 or 128, 16-byte aligned rows, the library built."""
+    if not q.is_cuda or torch.version.hip is not None or torch.cuda.get_device_capability(q.device)[0] != 9:
+        return False
+    if q.dtype not in _DTYPE_CODES or q.shape[-1] not in (64, 128):
+        return False
+    aligned = all(t.data_ptr() % 16 == 0 and all(s % 8 == 0 for s in _strides(t)) for t in (q, k, v))
+    return aligned and _library() is not None
+
+
+def supports_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """The Triton kernel: a CUDA/ROCm GPU (or the CPU under TRITON_INTERPRET=1), fp16/bf16/fp32, D <= 256."""
+    if q.shape[-1] > 256 or q.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+# The op -----------------------------------------------------------------------------------------------------
+
+def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seqlens_k: torch.Tensor | None, backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"attention_fwd: backend={backend!r} is not one of {BACKENDS}")
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"attention_fwd: q, k, v must be [B, S, H, D], got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if k.shape != v.shape or k.shape[0] != q.shape[0] or k.shape[2:] != q.shape[2:]:
+        raise ValueError(f"attention_fwd: k {tuple(k.shape)} and v {tuple(v.shape)} must be [B, Sk, H, D] with "
+                         f"B, H, D of q {tuple(q.shape)}")
+    if q.shape[1] == 0 or k.shape[1] == 0:
+        raise ValueError(f"attention_fwd: sequence lengths must be >= 1, got Sq={q.shape[1]}, Sk={k.shape[1]}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"attention_fwd: q, k, v dtypes differ ({q.dtype}, {k.dtype}, {v.dtype})")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"attention_fwd: q, k, v devices differ ({q.device}, {k.device}, {v.device})")
+    if any(t.stride(-1) != 1 for t in (q, k, v)):
+        raise ValueError("attention_fwd: q, k, v need a contiguous last dim (stride(-1) == 1)")
+    if seqlens_k is not None and (seqlens_k.shape != (q.shape[0],) or seqlens_k.dtype != torch.int32
+                                  or seqlens_k.device != q.device):
+        raise ValueError(f"attention_fwd: seqlens_k must be int32 [B={q.shape[0]}] on {q.device}, got "
+                         f"{seqlens_k.dtype} {tuple(seqlens_k.shape)} on {seqlens_k.device}")
+
+
+def _resolve(q, k, v, backend: str) -> str:
+    if backend == "auto":
+        return "cuda" if supports_cuda(q, k, v) else "triton" if supports_triton(q, k, v) else "torch"
+    if backend == "cuda" and not supports_cuda(q, k, v):
+        raise ValueError(f"attention_fwd: backend='cuda' needs an sm90 GPU, bf16/fp16, head dim 64/128 and the kernel "
+                         f"library; got {q.device} {q.dtype} D={q.shape[-1]} (backend='triton' or 'torch' would run)")
+    if backend == "triton" and not supports_triton(q, k, v):
+        raise ValueError(f"attention_fwd: backend='triton' needs Triton and a GPU (or TRITON_INTERPRET=1), D <= 256; "
+                         f"got {q.device} {q.dtype} D={q.shape[-1]} (backend='torch' would run)")
+    return backend
+
+
+@torch.library.custom_op("fastdit::attention_fwd", mutates_args=())
+def _attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seqlens_k: torch.Tensor | None,
+                      softmax_scale: float, return_lse: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if backend == "torch":
+        out, lse = attention_ref(q, k, v, seqlens_k, softmax_scale)
+        return out, lse if return_lse else lse.new_empty(0)
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    lse = torch.empty((q.shape[0], q.shape[2], q.shape[1]) if return_lse else (0,), dtype=torch.float32, device=q.device)
+    if backend == "cuda":
+        _launch_cuda(q, k, v, out, lse if return_lse else None, seqlens_k, softmax_scale)
+    else:
+        from fastdit.triton_kernels.attention import attention_fwd as triton_attention_fwd
+
+        triton_attention_fwd(q, k, v, out, lse if return_lse else None, seqlens_k, softmax_scale)
+    return out, lse
+
+
+@_attention_fwd_op.register_fake
+def _(q, k, v, seqlens_k, softmax_scale, return_lse, backend):
+    lse_shape = (q.shape[0], q.shape[2], q.shape[1]) if return_lse else (0,)
+    return q.new_empty(q.shape), q.new_empty(lse_shape, dtype=torch.float32)
+
+
+def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seqlens_k: torch.Tensor | None = None,
+                  softmax_scale: float | None = None, return_lse: bool = False, backend: str = "auto"):
+    """out = softmax(scale q k^T) v per (batch, head); returns out, or (out, lse) with return_lse.
+
+    q: [B, Sq, H, D]; k, v: [B, Sk, H, D] (strided views are fine, last dim contiguous); seqlens_k: int32 [B]
+    keys used per batch (values in [0, Sk]) or None -- keys past the length get zero weight but must hold
+    finite values (the CUDA kernel multiplies them by 0); softmax_scale defaults to 1/sqrt(D).
+    """
+    _check(q, k, v, seqlens_k, backend)
+    chosen = _resolve(q, k, v, backend)
+    scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    out, lse = _attention_fwd_op(q, k, v, seqlens_k, scale, return_lse, chosen)
+    return (out, lse) if return_lse else out
