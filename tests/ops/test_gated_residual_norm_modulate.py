@@ -1,0 +1,93 @@
+"""gated_residual_norm_modulate: reference vs float64 formula, Triton on the CPU interpreter, argument
+checks (CPU); CUDA and Triton vs reference with strided temb.chunk(6) views, compile and graphs (GPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from _op_testing import assert_within_torch_error, check_compile_and_graph, poison_cuda_allocator, run_under_interpreter
+from fastdit.ops import gated_residual_norm_modulate
+from fastdit.ops.gated_residual_norm_modulate import gated_residual_norm_modulate_ref
+from test_layer_norm_modulate import _expand, chunked_mods, truth as ln_truth
+
+
+def truth(residual, x, gate, shift, scale, eps=1e-6):
+    """float64 r, and y from the r rounded to residual's dtype (as the op defines it)."""
+    r = residual.double() + _expand(gate) * x.double()
+    return r, ln_truth(r.to(residual.dtype), shift, scale, eps)
+
+
+def _check(backend, residual, x, gate, shift, scale, what):
+    r, y = gated_residual_norm_modulate(residual, x, gate, shift, scale, backend=backend)
+    r_ref, y_ref = gated_residual_norm_modulate_ref(residual, x, gate, shift, scale)
+    r_truth, y_truth = truth(residual, x, gate, shift, scale)
+    assert r.shape == y.shape == x.shape and r.dtype == y.dtype == x.dtype
+    assert_within_torch_error(r, r_ref, r_truth, f"{what} r")
+    assert_within_torch_error(y, y_ref, y_truth, f"{what} y")
+
+
+def test_reference_matches_float64_formula():
+    torch.manual_seed(0)
+    residual, x = torch.randn(2, 2, 19, 111)
+    gate, shift, scale = torch.randn(3, 2, 111)
+    r, y = gated_residual_norm_modulate_ref(residual, x, gate, shift, scale)
+    r_truth, y_truth = truth(residual, x, gate, shift, scale)
+    torch.testing.assert_close(r.double(), r_truth, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(y.double(), y_truth, atol=1e-5, rtol=1e-5)
+
+
+def interpreted_cases() -> None:
+    torch.manual_seed(0)
+    for dtype in (torch.float32, torch.float16):
+        for batch, seq, dim in [(1, 1, 8), (2, 19, 111)]:
+            residual, x = torch.randn(2, batch, seq, dim, dtype=dtype)
+            shift, scale, gate, *_ = chunked_mods(batch, dim, dtype, "cpu")
+            _check("triton", residual, x, gate, shift, scale, f"triton {dtype} {seq}x{dim}")
+
+
+def test_triton_on_cpu_interpreter():
+    pytest.importorskip("triton")
+    run_under_interpreter(__file__, "interpreted_cases")
+
+
+def test_argument_errors_name_op_and_argument():
+    x = torch.randn(2, 5, 16)
+    mod = torch.randn(2, 16)
+    with pytest.raises(ValueError, match=r"gated_residual_norm_modulate: residual shape \(2, 4, 16\) must equal"):
+        gated_residual_norm_modulate(torch.randn(2, 4, 16), x, mod, mod, mod)
+    with pytest.raises(ValueError, match=r"gated_residual_norm_modulate: gate shape \(3, 16\) must be \[B, D\]"):
+        gated_residual_norm_modulate(x, x, torch.randn(3, 16), mod, mod)
+    with pytest.raises(ValueError, match=r"gated_residual_norm_modulate: residual \(torch.float16, cpu\) must share"):
+        gated_residual_norm_modulate(x.half(), x, mod, mod, mod)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("seq", [1, 77, 4608, 32760])
+@pytest.mark.parametrize("dim", [64, 1536, 3072, 5120])
+def test_gpu_matches_reference_with_chunk_views(backend, dtype, seq, dim):
+    torch.manual_seed(seq + dim)
+    batch = 2 if seq * dim <= 4608 * 3072 else 1
+    residual, x = torch.randn(2, batch, seq, dim, dtype=dtype, device="cuda")
+    shift, scale, gate, *_ = chunked_mods(batch, dim, dtype, "cuda")
+    poison_cuda_allocator(8 * x.numel() * x.element_size())
+    _check(backend, residual, x, gate, shift, scale, f"{backend} {dtype} {seq}x{dim}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_gpu_per_token_modulation(backend):
+    residual, x, gate, shift, scale = torch.randn(5, 2, 77, 1536, dtype=torch.bfloat16, device="cuda")
+    _check(backend, residual, x, gate, shift, scale, f"{backend} per token")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_gpu_compile_and_cuda_graph(backend):
+    residual, x = torch.randn(2, 1, 4608, 3072, dtype=torch.bfloat16, device="cuda")
+    shift, scale, gate, *_ = chunked_mods(1, 3072, torch.bfloat16, "cuda")
+    check_compile_and_graph(
+        lambda *a: gated_residual_norm_modulate(*a, backend=backend), residual, x, gate, shift, scale
+    )

@@ -1,0 +1,101 @@
+"""layer_norm_modulate: reference vs float64 formula, Triton on the CPU interpreter, argument checks
+(CPU); CUDA and Triton vs reference with per-sample, per-token and strided temb.chunk(6) views (GPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from _op_testing import assert_within_torch_error, check_compile_and_graph, poison_cuda_allocator, run_under_interpreter
+from fastdit.ops import layer_norm_modulate
+from fastdit.ops.layer_norm_modulate import layer_norm_modulate_ref
+
+
+def _expand(mod: torch.Tensor) -> torch.Tensor:
+    return mod.double().unsqueeze(1) if mod.dim() == 2 else mod.double()
+
+
+def truth(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    xd = x.double()
+    mean = xd.mean(-1, keepdim=True)
+    var = ((xd - mean) ** 2).mean(-1, keepdim=True)
+    return (xd - mean) / torch.sqrt(var + eps) * (1 + _expand(scale)) + _expand(shift)
+
+
+def chunked_mods(batch: int, dim: int, dtype, device) -> list[torch.Tensor]:
+    """The six [B, D] strided views of temb.chunk(6, dim=1), as DiT blocks receive them."""
+    return list((torch.randn(batch, 6 * dim, dtype=dtype, device=device) * 0.5).chunk(6, dim=1))
+
+
+@pytest.mark.parametrize("per_token", [False, True])
+def test_reference_matches_float64_formula(per_token):
+    torch.manual_seed(0)
+    x = torch.randn(2, 19, 111) * 2 + 1
+    shift, scale = (torch.randn(2, 19, 111) if per_token else torch.randn(2, 111) for _ in range(2))
+    torch.testing.assert_close(layer_norm_modulate_ref(x, shift, scale).double(), truth(x, shift, scale), atol=1e-5, rtol=1e-5)
+
+
+def interpreted_cases() -> None:
+    torch.manual_seed(0)
+    for dtype in (torch.float32, torch.float16):
+        for batch, seq, dim in [(1, 1, 8), (2, 19, 111), (3, 5, 64)]:
+            x = torch.randn(batch, seq, dim, dtype=dtype)
+            shift, scale, *_ = chunked_mods(batch, dim, dtype, "cpu")
+            out = layer_norm_modulate(x, shift, scale, backend="triton")
+            assert_within_torch_error(out, layer_norm_modulate_ref(x, shift, scale), truth(x, shift, scale), f"{dtype}")
+            tok_shift, tok_scale = torch.randn(2, batch, seq, dim, dtype=dtype)
+            out = layer_norm_modulate(x, tok_shift, tok_scale, backend="triton")
+            ref = layer_norm_modulate_ref(x, tok_shift, tok_scale)
+            assert_within_torch_error(out, ref, truth(x, tok_shift, tok_scale), f"per token {dtype}")
+
+
+def test_triton_on_cpu_interpreter():
+    pytest.importorskip("triton")
+    run_under_interpreter(__file__, "interpreted_cases")
+
+
+def test_argument_errors_name_op_and_argument():
+    x = torch.randn(2, 5, 16)
+    ok = torch.randn(2, 16)
+    with pytest.raises(ValueError, match=r"layer_norm_modulate: x must be \[B, S, D\]"):
+        layer_norm_modulate(x[0], ok, ok)
+    with pytest.raises(ValueError, match=r"layer_norm_modulate: shift shape \(2, 8\) must be \[B, D\]"):
+        layer_norm_modulate(x, torch.randn(2, 8), ok)
+    with pytest.raises(ValueError, match=r"layer_norm_modulate: scale dtype torch.float16 must equal x's dtype"):
+        layer_norm_modulate(x, ok, ok.half())
+    with pytest.raises(ValueError, match=r"layer_norm_modulate: scale's last dim must be contiguous"):
+        layer_norm_modulate(x, ok, torch.randn(16, 2).t())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("seq", [1, 77, 4608, 32760])
+@pytest.mark.parametrize("dim", [64, 1536, 3072, 5120])
+def test_gpu_matches_reference_with_chunk_views(backend, dtype, seq, dim):
+    torch.manual_seed(seq + dim)
+    batch = 2 if seq * dim <= 4608 * 3072 else 1
+    x = torch.randn(batch, seq, dim, dtype=dtype, device="cuda") * 2 + 0.5
+    shift, scale, *_ = chunked_mods(batch, dim, dtype, "cuda")
+    assert not shift.is_contiguous()  # the strided views are read in place
+    poison_cuda_allocator(4 * x.numel() * x.element_size())
+    out = layer_norm_modulate(x, shift, scale, backend=backend)
+    ref = layer_norm_modulate_ref(x, shift, scale)
+    assert_within_torch_error(out, ref, truth(x, shift, scale), f"{backend} {dtype} {seq}x{dim}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_gpu_per_token_modulation(backend):
+    x = torch.randn(2, 77, 1536, dtype=torch.bfloat16, device="cuda")
+    shift, scale = torch.randn(2, 2, 77, 1536, dtype=torch.bfloat16, device="cuda")
+    out = layer_norm_modulate(x, shift, scale, backend=backend)
+    assert_within_torch_error(out, layer_norm_modulate_ref(x, shift, scale), truth(x, shift, scale), backend)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_gpu_compile_and_cuda_graph(backend):
+    x = torch.randn(1, 4608, 3072, dtype=torch.bfloat16, device="cuda")
+    shift, scale, *_ = chunked_mods(1, 3072, torch.bfloat16, "cuda")
+    check_compile_and_graph(lambda a, b, c: layer_norm_modulate(a, b, c, backend=backend), x, shift, scale)
