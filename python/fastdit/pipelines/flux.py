@@ -201,9 +201,9 @@ class FluxRecipe:
     def encode(self, request: GenerationRequest, state: FluxState) -> None:
         """Prompts -> T5 sequence embeddings and CLIP pooled embeddings, repeated num_images_per_prompt times."""
         n = request.num_images_per_prompt
-        state.prompt_embeds, state.pooled_prompt_embeds = self._encode_prompts(request.prompts, n)
+        state.prompt_embeds, state.pooled_prompt_embeds = self.encode_prompts(request.prompts, n)
         if self._true_cfg(request):
-            state.negative_prompt_embeds, state.negative_pooled_prompt_embeds = self._encode_prompts(
+            state.negative_prompt_embeds, state.negative_pooled_prompt_embeds = self.encode_prompts(
                 request.negative_prompts, n
             )
         state.text_ids = torch.zeros(state.prompt_embeds.shape[1], 3, device=self.device, dtype=self.dtype)
@@ -277,7 +277,7 @@ class FluxRecipe:
         # as diffusers: true CFG runs only with a negative prompt and a scale above 1
         return request.true_cfg_scale > 1 and request.negative_prompt is not None
 
-    def _encode_prompts(self, prompts: list[str], n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_prompts(self, prompts: list[str], n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(T5 sequence [P*n, 512, D], CLIP pooled [P*n, pooled]); each prompt's rows repeated n times in a row."""
         pooled = self.components.text_encoder.encode(prompts)  # [P, pooled]
         embeds = self.components.text_encoder_2.encode(prompts, T5_MAX_SEQUENCE_LENGTH)  # [P, 512, D]
