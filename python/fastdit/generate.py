@@ -28,6 +28,9 @@ _OPTIONS: list[tuple[str, type, Any, str]] = [
     ("true-cfg-scale", float, 1.0, "true classifier-free guidance scale >= 1 with --negative-prompt (1 = off)"),
     ("seed", int, None, "random seed in [0, 2**63) (default: drawn at random and printed in the perf dump)"),
     ("num-images-per-prompt", int, 1, "images per prompt, in [1, 16]"),
+    ("num-frames", int, None, "video models: frames, 4k+1 (default: the model's, 81 for Wan2.1)"),
+    ("fps", int, None, "video models: frames per second of the MP4 (default: the model's, 16 for Wan2.1)"),
+    ("image-path", str, None, "image-to-video models: the input image (the first frame)"),
     ("output-path", str, "outputs", "folder the PNG files are written to"),
     ("output-file-name", str, None, "file name of the PNG (default: <prompt>_<seed>.png; _<i> added for several)"),
     ("load-format", str, "auto", "auto (checkpoint weights) or dummy (random weights of the built-in architecture)"),
@@ -111,7 +114,8 @@ def run(options: dict[str, Any]) -> list[str]:
         prompt=prompt, negative_prompt=options["negative_prompt"], height=options["height"],
         width=options["width"], num_inference_steps=options["num_inference_steps"],
         guidance_scale=options["guidance_scale"], true_cfg_scale=options["true_cfg_scale"], seed=options["seed"],
-        num_images_per_prompt=options["num_images_per_prompt"],
+        num_images_per_prompt=options["num_images_per_prompt"], num_frames=options["num_frames"],
+        fps=options["fps"], image=options["image_path"],
     )
     for dest in ("output_path", "output_file_name", "perf_dump_path"):
         if options[dest] is not None and not isinstance(options[dest], str):

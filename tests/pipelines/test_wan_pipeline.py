@@ -162,15 +162,41 @@ def test_bad_inputs_are_one_line_errors(t2v, i2v, tmp_path):
         assert "\n" not in str(info.value)
 
 
-def test_dummy_builtin_wan_tiny_makes_a_video(tmp_path):
-    from fastdit.configs.models import builtin_model
+def _cli(capsys, *args: str) -> tuple[int, str, str]:
+    from fastdit.generate import main
 
-    spec = builtin_model("wan-tiny")
-    recipe = recipe_class(spec.pipeline_class, "wan-tiny").load(
-        ModelSource("wan-tiny", None, spec), torch.device("cpu"), torch.float32, "dummy", "auto", "torch"
-    )
-    result = recipe.run(GenerationRequest(prompt="a fox", seed=3, num_inference_steps=2), save=SaveTarget(str(tmp_path)),
-                        show_progress=False)
-    video, fps = read_mp4(result.paths[0])
-    assert video.shape == (9, 64, 64, 3) and fps == 8  # wan-tiny's defaults
-    assert result.paths[0].endswith("a-fox_3.mp4") and video.std() > 1  # not a blank clip
+    code = main(["--load-format", "dummy", "--device", "cpu", "--num-inference-steps", "1", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_writes_playable_mp4s(capsys, tmp_path):
+    code, out, _ = _cli(capsys, "--model-path", "wan-tiny", "--prompt", "a fox", "--seed", "3",
+                        "--output-path", str(tmp_path))
+    assert code == 0 and out.strip().endswith("a-fox_3.mp4")
+    video, fps = read_mp4(out.strip())
+    assert video.shape == (9, 64, 64, 3) and fps == 8 and video.std() > 1  # wan-tiny's defaults, not blank
+
+    image = tmp_path / "first.png"
+    _image().save(image)
+    code, out, _ = _cli(capsys, "--model-path", "wan-tiny-i2v", "--prompt", "a fox", "--image-path", str(image),
+                        "--num-frames", "5", "--fps", "4", "--height", "32", "--width", "48",
+                        "--output-path", str(tmp_path), "--output-file-name", "clip")
+    assert code == 0 and out.strip() == str(tmp_path / "clip.mp4")
+    video, fps = read_mp4(out.strip())
+    assert video.shape == (5, 32, 48, 3) and fps == 4
+
+
+def test_cli_bad_inputs_exit_2_with_one_line(capsys, tmp_path):
+    (tmp_path / "junk.png").write_bytes(b"not a png")
+    cases = [
+        (["--model-path", "wan-tiny", "--num-frames", "6"], "num_frames=6 is not allowed"),
+        (["--model-path", "wan-tiny-i2v"], "image is required"),
+        (["--model-path", "wan-tiny-i2v", "--image-path", str(tmp_path / "junk.png")], "cannot read it as an image"),
+    ]
+    for args, message in cases:
+        code, out, err = _cli(capsys, "--prompt", "a fox", "--output-path", str(tmp_path), *args)
+        assert code == 2 and out == ""
+        # (log lines may share stderr; the error itself is exactly one line)
+        lines = [line for line in err.splitlines() if line.startswith("fastdit.generate: error:")]
+        assert len(lines) == 1 and message in lines[0], err
