@@ -1,6 +1,6 @@
 """Starting a real `python -m fastdit.serve` subprocess on 127.0.0.1 (a free port) for the HTTP tests.
 
-    with running_server("--api-key", "k") as server:      # flux-tiny, dummy weights, CPU, float32
+    with running_server("--api-key", "k", tmp_dir=path) as server:      # flux-tiny, dummy weights, CPU, float32
         httpx.get(server.url + "/health")
 
 The server's output goes to a file whose tail is shown when a test fails to start it. Startup (the worker
@@ -23,7 +23,7 @@ import httpx
 
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 120.0
-TINY = ["--model-path", "flux-tiny", "--load-format", "dummy", "--device", "cpu", "--dtype", "float32"]
+TINY = ["--load-format", "dummy", "--device", "cpu", "--dtype", "float32"]
 
 
 def free_port() -> int:
@@ -61,10 +61,10 @@ class ServerProcess:
 
 
 @contextlib.contextmanager
-def running_server(*flags: str, tmp_dir: Path):
+def running_server(*flags: str, tmp_dir: Path, model: str = "flux-tiny"):
     port = free_port()
     log_path = tmp_dir / f"server-{port}.log"
-    command = [sys.executable, "-m", "fastdit.serve", *TINY, "--host", HOST, "--port", str(port), *flags]
+    command = [sys.executable, "-m", "fastdit.serve", "--model-path", model, *TINY, "--host", HOST, "--port", str(port), *flags]
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     server = ServerProcess(process, f"http://{HOST}:{port}", log_path)

@@ -36,6 +36,7 @@ from fastdit.server.storage import ResultStore
 from fastdit.server.videos import VideoJobs
 from fastdit.server.worker import WorkerHandle
 
+IMAGE_TASKS = ("text-to-image",)
 VIDEO_TASKS = ("text-to-video", "image-to-video")
 
 
@@ -109,7 +110,10 @@ class Server:
         self.store = ResultStore(config.result_ttl_s)
         self.videos = VideoJobs(self.store)
         self.started_at = int(time.time())
-        self.limits = Limits(config.model_name, config.max_batch_size, config.max_pixels, config.worker.enable_test_faults)
+        video = handle.info.get("video_defaults") or {}
+        self.limits = Limits(
+            config.model_name, config.max_batch_size, config.max_pixels, config.worker.enable_test_faults, video.get("fps")
+        )
 
     @property
     def info(self) -> dict[str, Any]:
@@ -126,6 +130,7 @@ def _image_routes(app: FastAPI, server: Server) -> None:
     @app.post("/v1/images/generations")
     async def generate_images(request: Request) -> Any:
         spec, response_format = parse_image_generation(await read_json(request), server.limits)
+        server.require_task(IMAGE_TASKS, "image generation")
         job = server.engine.submit(spec)
         try:
             outcome = await wait_for_job(request, server.engine, job)
@@ -173,8 +178,10 @@ def _video_routes(app: FastAPI, server: Server) -> None:
         spec = parse_video_creation(fields, files, server.limits, from_form=from_form)
         if server.info["task"] == "image-to-video" and spec.image is None:
             raise errors.bad_request(f"model {server.config.model_name!r} is image-to-video: input_reference is required", "input_reference")
-        size = f"{spec.width}x{spec.height}" if spec.width else "auto"
-        seconds = str((spec.num_frames - 1) // spec.fps) if spec.num_frames and spec.fps else "auto"
+        defaults, video = server.info.get("defaults") or {}, server.info.get("video_defaults") or {}
+        size = f"{spec.width or defaults.get('width')}x{spec.height or defaults.get('height')}"
+        frames, fps = spec.num_frames or video.get("num_frames"), spec.fps or video.get("fps")
+        seconds = f"{(frames - 1) / fps:g}" if frames and fps else "auto"
         record = server.videos.create(server.config.model_name, spec.prompt, size, seconds)
 
         def started() -> None:

@@ -60,6 +60,7 @@ class Limits:
     max_batch_size: int
     max_pixels: int
     enable_test_faults: bool = False
+    video_fps: int | None = None  # a video model's default frame rate, to turn `seconds` into frames
 
 
 @dataclass(frozen=True)
@@ -267,8 +268,9 @@ def check_image_edit(fields: dict[str, Any], files: dict[str, list[bytes]], limi
 def parse_video_creation(fields: dict[str, Any], files: dict[str, list[bytes]], limits: Limits, from_form: bool) -> GenerationSpec:
     """POST /v1/videos (multipart as OpenAI's client sends it, or JSON) -> spec of kind "video".
 
-    `seconds` sets num_frames = seconds * fps + 1 when fps is given and num_frames is not; otherwise the model's
-    default clip length is used (the pipeline checks the model's own frame-count rule, e.g. Wan's 4k + 1).
+    `seconds` sets num_frames = seconds * fps + 1 (fps: the request's, else the model's) when num_frames is not
+    given; with neither, the model's default clip length is used. The pipeline checks the model's own frame-count
+    rule (Wan: 4k + 1, which seconds * 16 fps + 1 always meets).
     """
     check_params({**fields, **files}, VIDEO_PARAMS)
     reader = _Reader(fields, from_form=from_form)
@@ -277,8 +279,8 @@ def parse_video_creation(fields: dict[str, Any], files: dict[str, list[bytes]], 
     seconds = reader.integer("seconds", 1, 60, allow_str=True)  # OpenAI sends "4", "8", "12"
     fps = reader.integer("fps", 1, 120)
     num_frames = reader.integer("num_frames", 1, MAX_FRAMES)
-    if num_frames is None and seconds is not None and fps is not None:
-        num_frames = seconds * fps + 1
+    if num_frames is None and seconds is not None and (fps or limits.video_fps):
+        num_frames = seconds * (fps or limits.video_fps) + 1
     references = files.get("input_reference", [])
     if len(references) > 1:
         raise bad_request(f"input_reference: {len(references)} files sent, at most one is allowed", "input_reference")

@@ -51,15 +51,22 @@ def _load_pipeline(options: WorkerOptions):
     )
 
 
+def _video_defaults(pipe: Any) -> dict[str, int] | None:
+    """A video recipe's frame count and frame rate defaults ({"num_frames", "fps"}); None for image models."""
+    defaults = getattr(getattr(pipe.recipe, "components", None), "video_defaults", None)
+    return dataclasses.asdict(defaults) if dataclasses.is_dataclass(defaults) else None
+
+
 def _pipeline_info(pipe: Any) -> dict[str, Any]:
     return {
         "pid": os.getpid(),
         "model_id": str(pipe.model_id),
         "task": pipe.task,
-        "pipeline": type(getattr(pipe, "recipe", pipe)).__name__,
-        "defaults": dataclasses.asdict(pipe.defaults) if dataclasses.is_dataclass(pipe.defaults) else None,
+        "pipeline": type(pipe.recipe).__name__,
         "dtype": str(pipe.dtype).removeprefix("torch."),
         "device": str(pipe.device),
+        "defaults": dataclasses.asdict(pipe.defaults) if dataclasses.is_dataclass(pipe.defaults) else None,
+        "video_defaults": _video_defaults(pipe),
     }
 
 
@@ -104,19 +111,22 @@ def _failure(exc: BaseException) -> dict[str, Any]:
     return {"ok": False, "status": 500, "code": "generation_failed", "message": f"generation failed: {type(exc).__name__}: {exc}"}
 
 
-def _encode_outcomes(specs: list[GenerationSpec], result: Any) -> list[dict[str, Any]]:
-    """Split the batch's outputs back per request (in order: spec i owns the next spec.n outputs) and encode them."""
+def _encode_outcomes(specs: list[GenerationSpec], result: Any, default_fps: int | None) -> list[dict[str, Any]]:
+    """Split the batch's outputs back per request (in order: spec i owns the next spec.n outputs) and encode them.
+
+    Outputs are PIL images: result.images for image models, result.frames (one frame list per clip) for video.
+    """
     outcomes, offset = [], 0
     for spec in specs:
         if spec.kind == "video":
-            frames = result.frames[offset]
-            items = [encode_mp4(frames, spec.fps or result.fps)]
-            first = frames[0]
+            clips = result.frames[offset:offset + spec.n]
+            items = [encode_mp4(clip, spec.fps or default_fps) for clip in clips]
+            first = clips[0][0]
         else:
             images = result.images[offset:offset + spec.n]
             items = [encode_image(image, spec.output_format, spec.output_compression) for image in images]
             first = images[0]
-        width, height = first.size if hasattr(first, "size") and not callable(first.size) else (first.shape[1], first.shape[0])
+        width, height = first.size
         outcomes.append({
             "ok": True, "items": items, "media_type": MEDIA_TYPES[spec.output_format], "size": f"{width}x{height}",
             "seed": result.seed, "timings": result.timings,
@@ -136,7 +146,8 @@ def run_batch(pipe: Any, specs: list[GenerationSpec], faults_enabled: bool) -> l
     try:
         if faults_enabled:
             _inject_fault(specs[0].test_fault)
-        return _encode_outcomes(specs, pipe.run(request, show_progress=False))
+        result = pipe.run(request, show_progress=False)
+        return _encode_outcomes(specs, result, (_video_defaults(pipe) or {}).get("fps"))
     except Exception as exc:  # noqa: BLE001 - any failure of a run is answered, never allowed to end the worker
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
