@@ -26,8 +26,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fastdit.configs.flux import flux_transformer_preset
 from fastdit.configs.scheduler import scheduler_preset
 from fastdit.configs.vae import vae_preset
+from fastdit.layers.attention import make_attention_op
+from fastdit.loader.weights import read_config
 from fastdit.models.dits.flux import FluxTransformer2DModel, load_flux_transformer
 from fastdit.models.encoders.clip import CLIPTextEncoder
 from fastdit.models.encoders.t5 import T5TextEncoder
@@ -138,13 +141,19 @@ class FluxRecipe:
     def load(cls, source: ModelSource, device: torch.device, dtype: torch.dtype, load_format: str,
              attention_backend: str, kernel_backend: str) -> FluxRecipe:
         """Components from a diffusers folder (load_format "auto"), or a built-in preset with random weights."""
-        attn_op, attention_backend = _attention_op(attention_backend)
-        if source.folder is None:
-            components = _dummy_components(source.spec.preset, device, dtype, attn_op, kernel_backend)
-        elif load_format == "dummy":
+        if source.folder is not None and load_format == "dummy":
             raise ValueError(
                 f"load_format='dummy' takes a built-in model id, not the folder {source.folder!r}: use load_format auto"
             )
+        # Resolved once for this device, dtype and head size (logged once), before any weight is read, so a
+        # forced backend that cannot run fails in a second.
+        if source.folder is None:
+            head_dim = flux_transformer_preset(source.spec.preset).attention_head_dim
+        else:
+            head_dim = read_config(os.path.join(source.folder, "transformer")).get("attention_head_dim", 128)
+        attn_op = make_attention_op(attention_backend, device, dtype, head_dim)
+        if source.folder is None:
+            components = _dummy_components(source.spec.preset, device, dtype, attn_op, kernel_backend)
         else:
             components = _folder_components(source.folder, device, dtype, attn_op, kernel_backend)
         components.check_compatible(source.model_id)
@@ -154,7 +163,7 @@ class FluxRecipe:
             # diffusers FluxPipeline: default_sample_size (128) latent pixels, 28 steps, guidance 3.5
             side = DEFAULT_SAMPLE_SIZE * 2 ** (len(components.vae.config.block_out_channels) - 1)
             defaults = SamplingDefaults(height=side, width=side, num_inference_steps=28, guidance_scale=3.5)
-        return cls(components, defaults, source.model_id, device, dtype, attention_backend)
+        return cls(components, defaults, source.model_id, device, dtype, attn_op.backend)
 
     # run
 
@@ -293,13 +302,6 @@ class FluxRecipe:
 
 
 # loading
-
-
-def _attention_op(backend: str):
-    """(attn_op for the transformer, resolved backend name). The model's default op is torch SDPA."""
-    if backend not in ("auto", "sdpa"):
-        raise ValueError(f"attention_backend={backend!r} is not allowed: this build offers auto, sdpa")
-    return None, "sdpa"
 
 
 def _dummy_components(preset: str, device, dtype, attn_op, kernel_backend: str) -> FluxComponents:
