@@ -130,6 +130,30 @@ def test_t2v_frames_and_mp4(t2v, tmp_path):
     assert video.shape == (FRAMES, HEIGHT, WIDTH, 3) and fps == 7
 
 
+def test_t2v_with_flow_match_euler_from_the_checkpoint(t2v, tmp_path):
+    """Wan checkpoints may ship FlowMatchEulerDiscreteScheduler instead of UniPC: the folder's config picks it."""
+    import copy
+    import dataclasses
+
+    from fastdit.pipelines.wan import _scheduler_config
+
+    ref, ours = t2v
+    ref = copy.copy(ref)  # the fixture's pipeline keeps its UniPC scheduler
+    ref.scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
+    ref.scheduler.save_pretrained(tmp_path / "scheduler")
+    config = _scheduler_config(str(tmp_path))
+    assert type(config).__name__ == "FlowMatchEulerSchedulerConfig" and config.shift == 3.0
+    ours = type(ours)(dataclasses.replace(ours.components, scheduler_config=config), ours.defaults, ours.model_id,
+                      ours.device, ours.dtype, ours.attention_backend)
+    latents = _latents()
+    expected = ref(
+        prompt="a red fox", negative_prompt="", height=HEIGHT, width=WIDTH, num_frames=FRAMES,
+        num_inference_steps=STEPS, guidance_scale=5.0, latents=latents.clone(), output_type="latent",
+    ).frames
+    got = ours.run(_request(negative_prompt="", latents=latents.clone(), output_type="latent"), show_progress=False)
+    assert _rel(got.latents, expected) <= 1e-4
+
+
 def test_i2v_final_latents_match_diffusers(i2v):
     ref, ours = i2v
     latents = _latents()

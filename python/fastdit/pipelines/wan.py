@@ -54,10 +54,7 @@ WAN_NEGATIVE_PROMPT = (
 FOLDER_DEFAULTS = SamplingDefaults(height=480, width=832, num_inference_steps=50, guidance_scale=5.0)
 # Latent frames the VAE decodes per pass after the first: 1 keeps diffusers' peak memory.
 VAE_DECODE_CHUNK_FRAMES = 1
-_SCHEDULERS = {
-    "UniPCMultistepScheduler": (UniPCSchedulerConfig, UniPCMultistepScheduler),
-    "FlowMatchEulerDiscreteScheduler": (FlowMatchEulerSchedulerConfig, FlowMatchEulerScheduler),
-}
+_SCHEDULERS = {"UniPCMultistepScheduler": UniPCSchedulerConfig, "FlowMatchEulerDiscreteScheduler": FlowMatchEulerSchedulerConfig}
 
 
 @dataclass
@@ -200,9 +197,13 @@ class WanRecipe:
         state.prompt_embeds = embeds.repeat_interleave(n, dim=0).to(self.device, self.dtype)
 
     def prepare_timesteps(self, request: GenerationRequest, state: WanState) -> None:
-        config = self.components.scheduler_config
-        state.scheduler = (UniPCMultistepScheduler if isinstance(config, UniPCSchedulerConfig) else FlowMatchEulerScheduler)(config)
-        state.scheduler.set_timesteps(request.num_inference_steps, device=self.device)
+        config, n = self.components.scheduler_config, request.num_inference_steps
+        if isinstance(config, UniPCSchedulerConfig):
+            state.scheduler = UniPCMultistepScheduler(config)
+            state.scheduler.set_timesteps(n, device=self.device)
+        else:
+            state.scheduler = FlowMatchEulerScheduler(config)
+            state.scheduler.set_timesteps(n, sigmas=euler_default_sigmas(config, n), device=self.device)
 
     def prepare_latents(self, request: GenerationRequest, state: WanState) -> None:
         """Initial noise [B, 16, T, h, w] fp32: the caller's, or drawn on the CPU from the seed."""
@@ -290,6 +291,16 @@ class WanImageToVideoRecipe(WanRecipe):
         state.condition = torch.cat([mask, latent], dim=1)
 
 
+def euler_default_sigmas(config: FlowMatchEulerSchedulerConfig, n: int) -> np.ndarray:
+    """The sigmas diffusers' FlowMatchEulerDiscreteScheduler.set_timesteps(n) makes when given none (as
+    WanPipeline calls it), before its shift: linspace between the first and last SHIFTED training sigmas.
+    (The last one is thus shifted twice; FluxPipeline avoids this by passing linspace(1, 1/n, n).)"""
+    T = config.num_train_timesteps
+    train = torch.from_numpy(np.linspace(1, T, T, dtype=np.float32)[::-1].copy()) / T
+    train = config.shift * train / (1 + (config.shift - 1) * train)
+    return np.linspace(train[0].item() * T, train[-1].item() * T, n) / T
+
+
 def load_image(image) -> Image.Image:
     """A PIL image, or the path of one, as RGB; anything unreadable is a one-line ValueError."""
     if isinstance(image, Image.Image):
@@ -343,7 +354,10 @@ def _scheduler_config(folder: str):
     name = data.get("_class_name")
     if name not in _SCHEDULERS:
         raise ValueError(f"scheduler {name!r} in {path!r} is not supported; supported: {', '.join(sorted(_SCHEDULERS))}")
-    return _SCHEDULERS[name][0].from_dict(data)
+    config = _SCHEDULERS[name].from_dict(data)
+    if getattr(config, "use_dynamic_shifting", False):
+        raise ValueError(f"{path!r}: use_dynamic_shifting needs a resolution-dependent mu, which Wan pipelines do not pass")
+    return config
 
 
 def _folder_components(folder: str, device, dtype, attn_op, kernel_backend: str) -> WanComponents:
