@@ -67,6 +67,18 @@ def compiled_archs(lib: ctypes.CDLL | None = None) -> str:
     return lib.fastdit_compiled_archs().decode() if lib is not None else ""
 
 
+def library_status() -> str:
+    """One line for logs and benchmarks: where the library is, its archs, and whether this GPU runs it."""
+    lib = library()
+    if lib is None:
+        return f"not loaded (looked at {envs.kernel_library_path() or default_library_path()})"
+    line = f"{lib._name} built for {compiled_archs(lib)}"
+    if torch.cuda.is_available():
+        index = torch.cuda.current_device()
+        line += f"; {torch.cuda.get_device_name(index)}: {'runs it' if _device_ready(index) else 'no image for it'}"
+    return line
+
+
 @functools.cache
 def _device_ready(device_index: int) -> bool:
     lib = library()
@@ -155,6 +167,12 @@ def offset_aligned16(t: torch.Tensor | None) -> bool:
     return t is None or (t.storage_offset() * t.element_size()) % 16 == 0
 
 
+@torch.compiler.assume_constant_result
+def _env_backend() -> str:
+    # FASTDIT_KERNEL_BACKEND, a constant to torch.compile (read once per compiled graph, no guard).
+    return envs.kernel_backend()
+
+
 def resolve_backend(op: str, backend: str, cuda_reason: str | None, triton_reason: str | None) -> str:
     """The backend to run: a forced one (argument, else FASTDIT_KERNEL_BACKEND), else cuda > triton > torch.
 
@@ -164,7 +182,7 @@ def resolve_backend(op: str, backend: str, cuda_reason: str | None, triton_reaso
     if backend not in BACKENDS:
         raise ValueError(f"{op}: backend={backend!r} is not one of {', '.join(BACKENDS)}")
     if backend == "auto":
-        backend = envs.kernel_backend()
+        backend = _env_backend()
         if backend not in BACKENDS:
             raise ValueError(f"{op}: FASTDIT_KERNEL_BACKEND={backend!r} is not one of {', '.join(BACKENDS)}")
     if backend == "cuda" and cuda_reason is not None:

@@ -1,0 +1,138 @@
+"""Fused-op bandwidth at FLUX and Wan shapes: fastdit CUDA and Triton kernels beside torch eager and
+torch.compile of the reference, as GB/s and as a share of the copy bandwidth measured in the same run.
+Also the per-call dispatch overhead of the custom op. Prints a table, writes JSON (--json).
+
+    python bench/ops.py [--shapes flux wan1.3b wan14b] [--ops rms_norm ...] [--no-compile] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import importlib
+import json
+import time
+
+import torch
+from timer import copy_bandwidth_gbs, time_cuda  # bench/timer.py: scripts here run as files, their folder on sys.path
+
+from fastdit import ops
+from fastdit.ops import _library
+
+# name: (tokens, model dim, heads of 128, MLP hidden)
+SHAPES = {
+    "flux": (4608, 3072, 24, 12288),  # FLUX.1 1024x1024 image tokens
+    "wan1.3b": (32760, 1536, 12, 8960),  # Wan2.1-1.3B 480p, 81 frames
+    "wan14b": (75600, 5120, 40, 13824),  # Wan2.1-14B 720p, 81 frames
+}
+BACKENDS = ("cuda", "triton", "torch", "compile")
+
+
+def make_case(op: str, shape: str, dtype: torch.dtype):
+    """(fn(backend) -> callable, bytes moved per call) for one op at one shape."""
+    tokens, dim, heads, hidden = SHAPES[shape]
+    dev, elem = "cuda", torch.tensor([], dtype=dtype).element_size()
+    rnd = lambda *s: torch.randn(*s, dtype=dtype, device=dev)  # noqa: E731
+    if op == "rms_norm":
+        x, w = rnd(tokens, dim), rnd(dim)
+        return (lambda f: lambda: f(x, w)), 2 * tokens * dim * elem
+    if op == "layer_norm_modulate":
+        x = rnd(1, tokens, dim)
+        shift, scale, *_ = rnd(1, 6 * dim).chunk(6, dim=1)
+        return (lambda f: lambda: f(x, shift, scale)), 2 * tokens * dim * elem
+    if op == "gated_residual_norm_modulate":
+        residual, x = rnd(1, tokens, dim), rnd(1, tokens, dim)
+        shift, scale, gate, *_ = rnd(1, 6 * dim).chunk(6, dim=1)
+        return (lambda f: lambda: f(residual, x, gate, shift, scale)), 4 * tokens * dim * elem
+    if op == "qk_norm_rope":
+        q, k = rnd(1, tokens, heads, 128), rnd(1, tokens, heads, 128)
+        cos, sin = torch.rand(2, tokens, 64, device=dev)
+        norm = "per_head" if shape == "flux" else "across_heads"
+        w = rnd(128) if norm == "per_head" else rnd(heads * 128)
+        call = lambda f: lambda: f(q, k, w, w, cos, sin, "interleaved", norm)  # noqa: E731
+        return call, 4 * tokens * dim * elem + 2 * tokens * 64 * 4
+    if op == "gelu_tanh":
+        x = rnd(tokens, hidden)
+        return (lambda f: lambda: f(x)), 2 * tokens * hidden * elem
+    raise ValueError(f"unknown op {op!r}")
+
+
+def implementations(op: str, compile_ref: bool) -> dict:
+    module = importlib.import_module(f"fastdit.ops.{op}")
+    public, ref = getattr(ops, op), getattr(module, f"{op}_ref")
+    impls = {b: (lambda *a, b=b: public(*a, backend=b)) for b in ("cuda", "triton")}
+    impls["torch"] = ref
+    if compile_ref:
+        impls["compile"] = torch.compile(ref)
+    return impls
+
+
+def dispatch_overhead_us(n: int = 2000) -> dict:
+    """Wall-clock microseconds per call (CPU side) of a tiny rms_norm through each layer of the stack."""
+    x, w = torch.randn(1, 64, dtype=torch.bfloat16, device="cuda"), torch.randn(64, dtype=torch.bfloat16, device="cuda")
+    out = torch.empty_like(x)
+    module = importlib.import_module("fastdit.ops.rms_norm")
+    export = _library.export("fastdit_rms_norm", module._RMS_NORM_ARGTYPES)
+    stream = _library.stream_of(x)
+    calls = {
+        "ctypes_export": lambda: export(x.data_ptr(), 64, w.data_ptr(), out.data_ptr(), 1, 64, 1e-6, 1, 0, stream),
+        "custom_op": lambda: torch.ops.fastdit.rms_norm_cuda(x, w, 1e-6),
+        "public_op_cuda": lambda: ops.rms_norm(x, w, backend="cuda"),
+        "torch_eager_ref": lambda: module.rms_norm_ref(x, w),
+    }
+    result = {}
+    for name, fn in calls.items():
+        for _ in range(50):
+            fn()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(n):
+            fn()
+        torch.cuda.synchronize()
+        result[name] = (time.perf_counter() - start) / n * 1e6
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--ops", nargs="+", default=["rms_norm", "layer_norm_modulate", "gated_residual_norm_modulate",
+                                                     "qk_norm_rope", "gelu_tanh"])
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile peer")
+    parser.add_argument("--json", default=None, help="write the results here")
+    args = parser.parse_args()
+    dtype = getattr(torch, args.dtype)
+
+    copy_gbs = copy_bandwidth_gbs()
+    print(f"{torch.cuda.get_device_name()}  copy bandwidth {copy_gbs:.0f} GB/s (read + write)  "
+          f"kernel library: {_library.library_status()}")
+    rows = []
+    for op in args.ops:
+        impls = implementations(op, not args.no_compile)
+        for shape in args.shapes:
+            make, nbytes = make_case(op, shape, dtype)
+            row = {"op": op, "shape": shape, "dtype": args.dtype, "bytes": nbytes}
+            for backend, fn in impls.items():
+                ms = time_cuda(make(fn)).median_ms
+                row[f"{backend}_us"] = ms * 1e3
+                row[f"{backend}_gbs"] = nbytes / (ms * 1e-3) / 1e9
+            row["cuda_pct_copy"] = 100 * row["cuda_gbs"] / copy_gbs
+            rows.append(row)
+            print(f"{op:30s} {shape:8s} " + "  ".join(
+                f"{b} {row[f'{b}_us']:8.1f}us {row[f'{b}_gbs']:6.0f}GB/s" for b in impls
+            ) + f"  cuda {row['cuda_pct_copy']:.0f}% of copy", flush=True)
+    t = torch.rand(2, device="cuda")
+    temb_us = {b: time_cuda(lambda b=b: ops.timestep_embedding(t, 256, backend=b)).median_ms * 1e3
+               for b in ("cuda", "triton", "torch")}
+    print("timestep_embedding [2, 256] us: " + "  ".join(f"{b} {v:.1f}" for b, v in temb_us.items()))
+    overhead = dispatch_overhead_us()
+    print("dispatch overhead (CPU us per call, tiny rms_norm): " + "  ".join(f"{k} {v:.1f}" for k, v in overhead.items()))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "copy_gbs": copy_gbs,
+                       "ops": rows, "timestep_embedding_us": temb_us, "dispatch_overhead_us": overhead}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""The one shared GPU timer of fastdit's benchmarks: CUDA events around each call, warmup first, the
+median reported, and a cold L2 (a buffer twice the L2 size is overwritten before every timed call, so
+a memory-bound kernel is not timed on data the previous call left in cache).
+
+    from timer import time_cuda, copy_bandwidth_gbs     # in bench/<name>.py, run as `python bench/<name>.py`
+    t = time_cuda(lambda: op(x), warmup=5, iters=30)   # -> Timing(median_ms, min_ms, max_ms, iters)
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Timing:
+    median_ms: float
+    min_ms: float
+    max_ms: float
+    iters: int
+
+    def gbs(self, bytes_moved: int) -> float:
+        """Achieved bandwidth in GB/s (1e9 bytes) for `bytes_moved` per call, at the median time."""
+        return bytes_moved / (self.median_ms * 1e-3) / 1e9
+
+
+_flush_buffers: dict[torch.device, torch.Tensor] = {}
+
+
+def _flush_buffer(device: torch.device) -> torch.Tensor:
+    if device not in _flush_buffers:
+        l2_bytes = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 64 << 20)
+        _flush_buffers[device] = torch.empty(2 * max(l2_bytes, 16 << 20), dtype=torch.uint8, device=device)
+    return _flush_buffers[device]
+
+
+def time_cuda(fn: Callable[[], object], warmup: int = 5, iters: int = 30, cold_l2: bool = True,
+              device: torch.device | str | None = None) -> Timing:
+    """Times fn() on the current CUDA stream: `warmup` untimed calls, then `iters` calls each between two
+    CUDA events (the L2 flush, when asked, runs before the start event). Returns the per-call times."""
+    device = torch.device(device or "cuda", torch.cuda.current_device()) if not isinstance(device, torch.device) \
+        else device
+    flush = _flush_buffer(device) if cold_l2 else None
+    for _ in range(warmup):
+        fn()
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
+    torch.cuda.synchronize(device)
+    for start, end in zip(starts, ends):
+        if flush is not None:
+            flush.fill_(1)
+        start.record()
+        fn()
+        end.record()
+    torch.cuda.synchronize(device)
+    times = [s.elapsed_time(e) for s, e in zip(starts, ends)]
+    return Timing(statistics.median(times), min(times), max(times), iters)
+
+
+def copy_bandwidth_gbs(nbytes: int = 1 << 30, device: torch.device | str = "cuda") -> float:
+    """The device-to-device copy bandwidth (bytes read + bytes written per second, in GB/s) that the
+    kernels' GB/s are compared against: dst.copy_(src) of `nbytes`, cold L2, median of 20."""
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device).fill_(3)
+    dst = torch.empty_like(src)
+    timing = time_cuda(lambda: dst.copy_(src), warmup=3, iters=20, device=torch.device(device))
+    return timing.gbs(2 * nbytes)
