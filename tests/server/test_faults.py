@@ -109,3 +109,11 @@ def test_a_client_that_leaves_does_not_disturb_the_others(server):
         metric(before, "fastdit_requests_total", route=GENERATIONS, status="499")
     images = metric(after, "fastdit_images_generated_total") - metric(before, "fastdit_images_generated_total")
     assert (gone, images) == (1, 2)  # the departed request was never generated
+
+
+def test_a_rule_only_the_pipeline_knows_is_400_from_the_worker(server):
+    # 16x4112 passes the HTTP checks (multiples of 16, under --max-pixels) but not the pipeline's height <= 4096.
+    response = generate(server, size="16x4112")
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and "height=4112 is not allowed" in error["message"]
