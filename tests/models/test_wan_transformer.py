@@ -16,10 +16,10 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
-def _tiny_kwargs(i2v: bool) -> dict:
+def _tiny_kwargs(i2v: bool, cross_attn_norm: bool = True) -> dict:
     kw = dict(
         patch_size=(1, 2, 2), num_attention_heads=3, attention_head_dim=14, in_channels=36 if i2v else 5,
-        out_channels=5, text_dim=19, freq_dim=32, ffn_dim=40, num_layers=2, cross_attn_norm=True,
+        out_channels=5, text_dim=19, freq_dim=32, ffn_dim=40, num_layers=2, cross_attn_norm=cross_attn_norm,
         rope_max_seq_len=64,
     )
     if i2v:
@@ -27,9 +27,9 @@ def _tiny_kwargs(i2v: bool) -> dict:
     return kw
 
 
-def _saved_reference(tmp_path, i2v: bool):
+def _saved_reference(tmp_path, i2v: bool, cross_attn_norm: bool = True):
     torch.manual_seed(0)
-    ref = diffusers.WanTransformer3DModel(**_tiny_kwargs(i2v)).eval()
+    ref = diffusers.WanTransformer3DModel(**_tiny_kwargs(i2v, cross_attn_norm)).eval()
     with torch.no_grad():  # non-trivial norms, biases and tables, so every parameter matters
         for p in ref.parameters():
             p.normal_(0.0, 0.25)
@@ -43,9 +43,10 @@ def _ours(folder) -> WanTransformer3DModel:
     return model.eval()
 
 
-@pytest.mark.parametrize("i2v", [False, True], ids=["t2v", "i2v"])
-def test_forward_matches_diffusers(tmp_path, i2v):
-    ref = _saved_reference(tmp_path, i2v)
+@pytest.mark.parametrize("i2v,cross_attn_norm", [(False, True), (True, True), (False, False)],
+                         ids=["t2v", "i2v", "t2v-no-cross-attn-norm"])
+def test_forward_matches_diffusers(tmp_path, i2v, cross_attn_norm):
+    ref = _saved_reference(tmp_path, i2v, cross_attn_norm)
     ours = _ours(tmp_path)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, ref.config.in_channels, 3, 6, 10, generator=g)  # odd frame count, non-square grid

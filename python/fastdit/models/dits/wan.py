@@ -71,6 +71,8 @@ class WanTransformerConfig:
                 f"WanTransformerConfig.added_kv_proj_dim={self.added_kv_proj_dim} must equal heads * head_dim "
                 f"= {self.inner_dim} (image tokens are projected to that width first)"
             )
+        if self.num_layers < 1:
+            raise ValueError(f"WanTransformerConfig.num_layers={self.num_layers} must be >= 1")
         if self.attention_head_dim % 2:
             raise ValueError(f"WanTransformerConfig.attention_head_dim={self.attention_head_dim} must be even (RoPE pairs)")
 
@@ -184,7 +186,7 @@ class WanAttention(nn.Module):
 
 
 class Modulation(NamedTuple):
-    """adaLN vectors of one block, each [B, dim]: msa for self-attention, c_ for the FFN."""
+    """adaLN vectors of one block, each [B, dim] in the activations' dtype: msa for self-attention, c_ for the FFN."""
 
     shift_msa: torch.Tensor
     scale_msa: torch.Tensor
@@ -233,41 +235,53 @@ class WanTransformerBlock(nn.Module):
         self.scale_shift_table = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
     def modulation(self, timestep_proj: torch.Tensor, dtype: torch.dtype) -> Modulation:
-        """timestep_proj [B, 6, dim] -> six [B, dim] vectors, summed in fp32 as diffusers. Shifts and scales
-        go to the fused norm ops in the activations' dtype (strided views); gates stay fp32."""
+        """timestep_proj [B, 6, dim] -> six [B, dim] strided views, summed in fp32 as diffusers, then cast to
+        the activations' dtype (what the fused norm ops take)."""
         mod = self.scale_shift_table.float() + timestep_proj.float()  # [B, 6, dim]
-        low = mod.to(dtype)
-        return Modulation(low[:, 0], low[:, 1], mod[:, 2], low[:, 3], low[:, 4], mod[:, 5])
+        return Modulation(*mod.to(dtype).unbind(1))
+
+    def _norm2_as_modulation(self, batch: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The affine LayerNorm y = LN(r) * w + b as a modulation: shift = b, scale = w - 1, each [B, dim]."""
+        shift = self.norm2.bias.to(dtype).expand(batch, -1)
+        scale = (self.norm2.weight.float() - 1).to(dtype).expand(batch, -1)
+        return shift, scale
 
     def forward(
         self,
         img: torch.Tensor,
+        x: torch.Tensor,
         txt: torch.Tensor,
         img_ctx: torch.Tensor | None,
-        timestep_proj: torch.Tensor,
+        m: Modulation,
+        next_mod: tuple[torch.Tensor, torch.Tensor],
         rope: tuple[torch.Tensor, torch.Tensor],
         attn_op: AttnOp,
         backend: str,
-    ) -> torch.Tensor:
-        """img [B, S, dim], txt [B, S_txt, dim], img_ctx [B, S_ctx, dim] | None, timestep_proj [B, 6, dim]."""
-        dtype = img.dtype
-        m = self.modulation(timestep_proj, dtype)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """img: the residual stream [B, S, dim]; x = LN(img) * (1 + scale_msa) + shift_msa, made by the caller.
+        txt [B, S_txt, dim], img_ctx [B, S_ctx, dim] | None. Each residual add is fused with the norm after it
+        (gated_residual_norm_modulate); the last one with the NEXT block's (or the output's) modulated norm,
+        next_mod = (shift, scale). Returns (img, that normalised input)."""
+        B, dtype, eps = img.shape[0], img.dtype, self.eps
 
         # self-attention
-        x = ops.layer_norm_modulate(img, m.shift_msa, m.scale_msa, self.eps, backend=backend)
         attn = self.attn1.self_attention(x, rope, attn_op, backend)
-        img = (img.float() + attn * m.gate_msa[:, None]).to(dtype)
+        if self.norm2 is None:
+            img = (img.float() + attn.float() * m.gate_msa[:, None].float()).to(dtype)
+            x = img
+        else:
+            img, x = ops.gated_residual_norm_modulate(
+                img, attn, m.gate_msa, *self._norm2_as_modulation(B, dtype), eps, backend=backend
+            )
 
-        # cross-attention
-        x = img if self.norm2 is None else F.layer_norm(
-            img.float(), self.norm2.normalized_shape, self.norm2.weight.float(), self.norm2.bias.float(), self.eps
-        ).to(dtype)
-        img = img + self.attn2.cross_attention(x, txt, img_ctx, attn_op, backend)
+        # cross-attention (ungated residual)
+        cross = self.attn2.cross_attention(x, txt, img_ctx, attn_op, backend)
+        ones = img.new_ones(img.shape[-1]).expand(B, -1)  # gate 1; the ops want a unit-stride last dim
+        img, x = ops.gated_residual_norm_modulate(img, cross, ones, m.c_shift, m.c_scale, eps, backend=backend)
 
         # feed-forward
-        x = ops.layer_norm_modulate(img, m.c_shift, m.c_scale, self.eps, backend=backend)
         ff = self.ffn(x, backend)
-        return (img.float() + ff.float() * m.c_gate[:, None]).to(dtype)
+        return ops.gated_residual_norm_modulate(img, ff, m.c_gate, *next_mod, eps, backend=backend)
 
 
 # embeddings
@@ -413,15 +427,16 @@ class WanTransformer3DModel(nn.Module):
             context = self.encode_context(encoder_hidden_states, encoder_hidden_states_image)
         txt, img_ctx = context
 
-        # blocks
-        for block in self.blocks:
-            img = block(img, txt, img_ctx, timestep_proj, rope, self.attn_op, backend)
+        # blocks: each hands the next one its modulated norm (the output norm's, after the last)
+        mods = [block.modulation(timestep_proj, img.dtype) for block in self.blocks]
+        out_mod = (self.scale_shift_table.float() + temb.float()[:, None]).to(img.dtype)  # [B, 2, dim]: shift, scale
+        norm_mods = [(m.shift_msa, m.scale_msa) for m in mods[1:]] + [tuple(out_mod.unbind(1))]
+        x = ops.layer_norm_modulate(img, mods[0].shift_msa, mods[0].scale_msa, self.config.eps, backend=backend)
+        for block, m, next_mod in zip(self.blocks, mods, norm_mods):
+            img, x = block(img, x, txt, img_ctx, m, next_mod, rope, self.attn_op, backend)
 
-        # output norm, projection, unpatchify
-        mod = (self.scale_shift_table.float() + temb.float()[:, None]).to(img.dtype)  # [B, 2, dim]
-        shift, scale = mod.unbind(1)
-        img = ops.layer_norm_modulate(img, shift, scale, self.config.eps, backend=backend)
-        img = self.proj_out(img)  # [B, S, p_t*p_h*p_w*C_out]
+        # output projection, unpatchify
+        img = self.proj_out(x)  # [B, S, p_t*p_h*p_w*C_out]
         p_t, p_h, p_w = self.config.patch_size
         img = img.reshape(B, f, h, w, p_t, p_h, p_w, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
         return img.reshape(B, -1, f * p_t, h * p_h, w * p_w)
