@@ -73,7 +73,7 @@ def check_steps(value: Any) -> None:
         raise _invalid("num_inference_steps", value, f"num_inference_steps must be an integer in [1, {MAX_STEPS}]")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq=False: `latents` is a tensor, whose == is elementwise
 class GenerationRequest:
     """One generation job. Validated on construction; see the module docstring for the allowed values."""
 
