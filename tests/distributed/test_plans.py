@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 
 from fastdit.distributed import ParallelConfig, launch, make_groups, single_process_groups
-from fastdit.distributed.plans import WAN_CFG_BATCHED_ARGS, CfgParallel, SequenceParallelFlux, SequenceParallelWan
+from fastdit.distributed.plans import CfgParallel, SequenceParallelFlux, SequenceParallelWan
 from fastdit.layers.attention import attention
 from fastdit.loader.weights import init_dummy_weights
 from fastdit.models.dits.flux import FluxTransformer2DModel, FluxTransformerConfig
@@ -72,7 +72,7 @@ def _layouts_on_rank(groups, world: int) -> list[tuple]:
                 errs["flux"] = _rel(SequenceParallelFlux(_flux()[0], g, _op)(**flux_in), want_flux)
             dit = SequenceParallelWan(_wan(2)[0], g, _op)
             if cfg:
-                dit = CfgParallel(dit, g, WAN_CFG_BATCHED_ARGS)
+                dit = CfgParallel(dit, g)
             errs["wan"] = _rel(dit(**wan_in), want_wan)
             for name, err in errs.items():
                 t = torch.tensor([err], dtype=torch.float64)
@@ -98,7 +98,7 @@ def test_plans_on_one_process_are_the_plain_model():
     flux, flux_in = _flux()
     assert torch.equal(SequenceParallelFlux(_flux()[0], groups, _op)(**flux_in), flux(**flux_in))
     wan, wan_in = _wan(batch=2)
-    dit = CfgParallel(SequenceParallelWan(_wan(2)[0], groups, _op), groups, WAN_CFG_BATCHED_ARGS)
+    dit = CfgParallel(SequenceParallelWan(_wan(2)[0], groups, _op), groups)
     assert torch.equal(dit(**wan_in), wan(**wan_in))
 
 

@@ -63,32 +63,61 @@ def check_devices(config: ParallelConfig, device_type: str) -> None:
         raise ValueError(f"launch: device_type={device_type!r}; allowed: 'cuda', 'cpu'")
 
 
-def launch(fn: Callable[..., Any], config: ParallelConfig, *args, device_type: str | None = None, timeout_s: float = 3600.0):
-    """Runs fn(groups: ParallelGroups, *args) on config.world_size ranks and returns rank 0's result.
+class RankProcesses:
+    """The spawned ranks of one `start` call; `wait()` returns rank 0's result (or raises a rank's error)."""
 
-    `fn` and `args` must be picklable (a module-level function). device_type: "cuda" or "cpu"
-    (default: cuda when available).
-    """
-    device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
-    check_devices(config, device_type)
-    if config.world_size == 1:
-        return fn(single_process_groups(_rank_device(device_type, 0)), *args)
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    init_method = f"tcp://127.0.0.1:{_free_port()}"
-    procs = [
-        ctx.Process(target=_worker, args=(rank, fn, config, init_method, device_type, args, results), daemon=True)
-        for rank in range(config.world_size)
-    ]
-    for p in procs:
-        p.start()
-    try:
-        return _collect(results, procs, timeout_s)
-    finally:
-        for p in procs:
+    def __init__(self, ctx, fn: Callable, config: ParallelConfig, args: tuple, device_type: str):
+        self.results = ctx.Queue()
+        init_method = f"tcp://127.0.0.1:{_free_port()}"
+        self.procs = [
+            ctx.Process(target=_worker, args=(rank, fn, config, init_method, device_type, args, self.results), daemon=True)
+            for rank in range(config.world_size)
+        ]
+        for p in self.procs:
+            p.start()
+
+    def wait(self, timeout_s: float = 3600.0):
+        try:
+            return _collect(self.results, self.procs, timeout_s)
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        for p in self.procs:
             p.join(timeout=30)
             if p.is_alive():
                 p.terminate()
+
+
+def start(fn: Callable[..., Any], config: ParallelConfig, *args, device_type: str | None = None) -> RankProcesses:
+    """Spawns config.world_size ranks running fn(groups, *args) and returns at once (config.world_size > 1).
+
+    `fn` must be a module-level function; `args` picklable (multiprocessing queues of `spawn_context()`
+    included, for talking to long-lived ranks).
+    """
+    device_type = device_type or default_device_type()
+    check_devices(config, device_type)
+    return RankProcesses(spawn_context(), fn, config, args, device_type)
+
+
+def spawn_context():
+    return mp.get_context("spawn")  # CUDA cannot be used in forked children
+
+
+def default_device_type() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def launch(fn: Callable[..., Any], config: ParallelConfig, *args, device_type: str | None = None, timeout_s: float = 3600.0):
+    """Runs fn(groups: ParallelGroups, *args) on config.world_size ranks and returns rank 0's result.
+
+    device_type: "cuda" or "cpu" (default: cuda when available). With one rank, fn runs in this process.
+    """
+    device_type = device_type or default_device_type()
+    check_devices(config, device_type)
+    if config.world_size == 1:
+        return fn(single_process_groups(_rank_device(device_type, 0)), *args)
+    return start(fn, config, *args, device_type=device_type).wait(timeout_s)
 
 
 def _collect(results, procs, timeout_s: float):

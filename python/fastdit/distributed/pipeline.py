@@ -1,0 +1,168 @@
+"""Multi-GPU generation with the same Pipeline, request and result as on one GPU.
+
+    workers = PipelineWorkers(ParallelConfig.from_flags(num_gpus=4), "flux-tiny", dtype=torch.float32)
+    result = workers.run(request)            # GenerationResult from rank 0, as Pipeline.run returns it
+    workers.close()
+
+One process per rank, each loading the pipeline onto its own GPU and applying the DiT's parallel plan
+(`parallelize_pipeline`: sequence parallel, and CFG-parallel for recipes that batch their CFG branches).
+Requests go to rank 0, which broadcasts them to the others; every rank runs the same sampling loop on
+the same (gathered) latents, and only rank 0 decodes and saves. A request without a seed gets one here,
+so every rank draws the same noise. With one GPU nothing is spawned: the pipeline runs in this process.
+The CLI uses one `run`; the server keeps the workers for its lifetime.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import queue
+import secrets
+import traceback
+
+import torch
+
+from fastdit.distributed.config import ParallelConfig
+from fastdit.distributed.groups import ParallelGroups
+from fastdit.distributed.launcher import broadcast_from_output_rank, check_devices, default_device_type, spawn_context, start
+from fastdit.distributed.plans import CfgParallel, SequenceParallelFlux, SequenceParallelWan
+from fastdit.layers.attention import attention
+
+# DiT class -> its sequence-parallel plan
+SEQUENCE_PARALLEL_PLANS = {"FluxTransformer2DModel": SequenceParallelFlux, "WanTransformer3DModel": SequenceParallelWan}
+# DiTs whose recipe runs true CFG as one batch [uncond; cond], which CfgParallel splits over two ranks
+CFG_BATCHED_DITS = ("WanTransformer3DModel",)
+
+
+class BackendAttention:
+    """The single-GPU attention op of a resolved backend name, as the USP op calls it."""
+
+    def __init__(self, backend: str):
+        self.backend = backend
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, joint_txt_len: int = 0) -> torch.Tensor:
+        return attention(q, k, v, backend=self.backend)
+
+
+def parallelize_pipeline(pipe, groups: ParallelGroups, attn_op=None, attn_with_lse=None) -> None:
+    """Replaces pipe's DiT by its parallel plan for `groups` (nothing to do on a single process)."""
+    config = groups.config
+    if config.world_size == 1:
+        return
+    components = pipe.recipe.components
+    name = type(components.transformer).__name__
+    if name not in SEQUENCE_PARALLEL_PLANS:
+        raise ValueError(
+            f"{pipe.model_id}: {name} has no multi-GPU plan; plans exist for {', '.join(SEQUENCE_PARALLEL_PLANS)}"
+        )
+    if config.cfg_parallel and name not in CFG_BATCHED_DITS:
+        raise ValueError(
+            f"{pipe.model_id}: --enable-cfg-parallel needs a model whose pipeline batches true CFG "
+            f"({', '.join(CFG_BATCHED_DITS)}); drop the flag for {name}"
+        )
+    op = attn_op or BackendAttention(pipe.recipe.attention_backend)
+    dit = SEQUENCE_PARALLEL_PLANS[name](components.transformer, groups, op, attn_with_lse)
+    components.transformer = CfgParallel(dit, groups) if config.cfg_parallel else dit
+
+
+def _serialize(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def _failure(err: BaseException) -> tuple[str, str]:
+    """("value", message) for a refused input (the server answers 400), else ("internal", traceback)."""
+    if isinstance(err, ValueError):
+        return "value", str(err)
+    return "internal", "".join(traceback.format_exception(err))
+
+
+def _serve_rank(groups: ParallelGroups, model: str, load_kwargs: dict, requests, replies) -> None:
+    """A rank's life: load, plan, then run every broadcast request until None arrives."""
+    import torch.distributed as dist
+
+    from fastdit.pipelines.api import Pipeline
+
+    leader = groups.is_output_rank
+    failure = None
+    try:
+        pipe = Pipeline.from_pretrained(model, device=groups.device, **load_kwargs)
+        parallelize_pipeline(pipe, groups)
+    except Exception as err:
+        failure = _failure(err)
+    failures = [None] * groups.config.world_size
+    dist.all_gather_object(failures, failure)  # one rank failing to load stops them all
+    failure = next((f for f in failures if f is not None), None)
+    if leader:
+        replies.put(_serialize(("error", *failure) if failure else ("ok", None)))
+    if failure:
+        return
+    while True:
+        item = broadcast_from_output_rank(requests.get() if leader else None, groups)
+        if item is None:
+            return
+        request, save, show_progress = item
+        if not leader:  # followers skip decode and save: rank 0 owns the output
+            request, save = dataclasses.replace(request, output_type="latent"), None
+        try:
+            reply = ("ok", pipe.run(request, save=save, show_progress=show_progress and leader))
+        except Exception as err:  # every rank refuses the same request the same way: keep serving
+            reply = ("error", *_failure(err))
+        if leader:
+            replies.put(_serialize(reply))
+
+
+class PipelineWorkers:
+    """`config.world_size` ranks holding one pipeline; `run(request)` as Pipeline.run, one request at a time."""
+
+    def __init__(self, config: ParallelConfig, model: str, device_type: str | None = None, **load_kwargs):
+        self.config = config
+        device_type = device_type or default_device_type()
+        check_devices(config, device_type)
+        if config.world_size == 1:
+            from fastdit.pipelines.api import Pipeline
+
+            self.pipe, self.ranks = Pipeline.from_pretrained(model, device=device_type, **load_kwargs), None
+            return
+        ctx = spawn_context()
+        self.requests, self.replies = ctx.Queue(), ctx.Queue()
+        self.pipe = None
+        self.ranks = start(_serve_rank, config, model, load_kwargs, self.requests, self.replies, device_type=device_type)
+        try:
+            self._reply()
+        except Exception:  # loading failed: the ranks have returned
+            self.ranks.wait(timeout_s=120)
+            self.ranks = None
+            raise
+
+    def _reply(self):
+        while True:
+            try:
+                raw = self.replies.get(timeout=1.0)
+                break
+            except queue.Empty:
+                dead = [(r, p.exitcode) for r, p in enumerate(self.ranks.procs) if p.exitcode is not None]
+                if dead:  # a rank died (killed, out of memory): no reply will come
+                    self.ranks.stop()
+                    self.ranks = None
+                    raise RuntimeError(f"PipelineWorkers: rank {dead[0][0]} exited with code {dead[0][1]}") from None
+        status, *payload = torch.load(io.BytesIO(raw), weights_only=False)
+        if status == "error":
+            kind, message = payload
+            raise ValueError(message) if kind == "value" else RuntimeError(f"a rank failed:\n{message}")
+        return payload[0]
+
+    def run(self, request, save=None, show_progress: bool = True):
+        if request.seed is None:  # drawn once, here: every rank must draw the same noise
+            request = dataclasses.replace(request, seed=secrets.randbits(63))
+        if self.ranks is None:
+            return self.pipe.run(request, save=save, show_progress=show_progress)
+        self.requests.put((request, save, show_progress))
+        return self._reply()
+
+    def close(self) -> None:
+        if self.ranks is not None:
+            self.requests.put(None)
+            self.ranks.wait(timeout_s=120)
+            self.ranks = None
