@@ -127,7 +127,7 @@ class FluxRecipe:
         self.device = device
         self.dtype = dtype
         self.attention_backend = attention_backend
-        self.vae_scale_factor = 2 ** (len(components.vae.config.block_out_channels) - 1)
+        self.vae_scale_factor = components.vae.config.scale_factor  # 2^(levels - 1): 8 for FLUX.1
 
     @property
     def transformer(self) -> torch.nn.Module:
@@ -161,7 +161,7 @@ class FluxRecipe:
             defaults = source.spec.defaults
         else:
             # diffusers FluxPipeline: default_sample_size (128) latent pixels, 28 steps, guidance 3.5
-            side = DEFAULT_SAMPLE_SIZE * 2 ** (len(components.vae.config.block_out_channels) - 1)
+            side = DEFAULT_SAMPLE_SIZE * components.vae.config.scale_factor
             defaults = SamplingDefaults(height=side, width=side, num_inference_steps=28, guidance_scale=3.5)
         return cls(components, defaults, source.model_id, device, dtype, attn_op.backend)
 
