@@ -18,13 +18,23 @@ import torch.distributed as dist
 AttnWithLse = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]
 
 
-def attention_with_lse_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def attention_with_lse_torch(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, max_score_elems: int = 1 << 28
+) -> tuple[torch.Tensor, torch.Tensor]:
     """softmax(q k^T / sqrt(D)) v and its lse in fp32 math. q [B, Sq, H, D], k/v [B, Sk, H, D]
-    -> (out [B, Sq, H, D] in q's dtype, lse [B, H, Sq] fp32). Materialises the scores: the portable fallback."""
-    scores = torch.einsum("bqhd,bkhd->bhqk", q.float(), k.float()) * q.shape[-1] ** -0.5
-    lse = torch.logsumexp(scores, dim=-1)
-    probs = torch.exp(scores - lse.unsqueeze(-1))
-    return torch.einsum("bhqk,bkhd->bqhd", probs, v.float()).to(q.dtype), lse
+    -> (out [B, Sq, H, D] in q's dtype, lse [B, H, Sq] fp32). The portable fallback: it materialises the
+    fp32 scores, in query chunks of at most `max_score_elems` scores (1 GiB) so memory stays bounded."""
+    B, Sq, H, D = q.shape
+    rows = max(1, max_score_elems // max(1, B * H * k.shape[1]))
+    kf, vf = k.float(), v.float()
+    outs, lses = [], []
+    for start in range(0, Sq, rows):
+        scores = torch.einsum("bqhd,bkhd->bhqk", q[:, start : start + rows].float(), kf) * D**-0.5
+        lse = torch.logsumexp(scores, dim=-1)  # [B, H, rows]
+        probs = torch.exp(scores - lse.unsqueeze(-1))
+        outs.append(torch.einsum("bhqk,bkhd->bqhd", probs, vf).to(q.dtype))
+        lses.append(lse)
+    return torch.cat(outs, dim=1), torch.cat(lses, dim=2)
 
 
 def merge_attention_(out: torch.Tensor, lse: torch.Tensor, blk_out: torch.Tensor, blk_lse: torch.Tensor) -> None:
