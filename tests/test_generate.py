@@ -90,6 +90,9 @@ def test_bad_input_in_a_fresh_process_has_no_traceback():
         (["--dtype", "int8"], "dtype='int8' is not allowed: dtype must be one of auto, bfloat16, float16, float32"),
         (["--model-path", "no-such-model"], "unknown model or folder 'no-such-model': not a built-in id"),
         (["--model-path", "/no/such/folder"], "unknown model or folder '/no/such/folder'"),
+        (["--kernel-backend", "foo"], "kernel_backend='foo' is not allowed: kernel_backend must be one of auto, cuda"),
+        (["--kernel-backend", "cuda", "--device", "cpu"], "kernel_backend='cuda' is not allowed on a CPU"),
+        (["--attention-backend", "flash9"], "attention backend 'flash9' is not one of"),
         (["--prompt", ""], None),  # an empty prompt is a string: allowed (see test below for non-strings)
     ],
 )

@@ -65,6 +65,18 @@ def parse_device(device: torch.device | str | None) -> torch.device:
     return parsed
 
 
+def check_kernel_backend(backend: str, device: torch.device) -> None:
+    """Fail before loading when the fused ops' backend is unknown, or "cuda" where the kernel library cannot run."""
+    from fastdit.ops import _library
+
+    if backend not in _library.BACKENDS:
+        raise ValueError(f"kernel_backend={backend!r} is not allowed: kernel_backend must be one of "
+                         f"{', '.join(_library.BACKENDS)}")
+    if backend == "cuda" and (device.type != "cuda" or _library.library() is None):
+        where = "on a CPU" if device.type != "cuda" else "without the kernel library (pip install built no .so)"
+        raise ValueError(f"kernel_backend='cuda' is not allowed {where}: use auto, triton or torch")
+
+
 def read_pipeline_class(folder: str) -> str:
     """model_index.json's "_class_name" of a diffusers folder; one-line errors for a missing or bad file."""
     path = os.path.join(folder, MODEL_INDEX)
@@ -173,6 +185,7 @@ class Pipeline:
         dtype = parse_dtype(dtype, device)
         attention_backend = attention_backend or envs.attention_backend()
         kernel_backend = kernel_backend or envs.kernel_backend()
+        check_kernel_backend(kernel_backend, device)
         source, pipeline_class = resolve_model(model, load_format)
         if source.folder is None and load_format == "auto":
             get_logger().info("%s has no published weights: using random (dummy) weights", source.model_id)
