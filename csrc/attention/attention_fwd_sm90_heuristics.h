@@ -2,14 +2,19 @@
 //
 // The CTA holds kBlockM = 128 query rows: two consumer warpgroups of 64 rows each (the wgmma M),
 // plus one producer warpgroup. kBlockN keys per pipeline stage; two stages of K and V.
-// Shared memory (bf16) = Q 128*D*2 + (K + V) kBlockN*D*2*kStages:
-//   D = 128, kBlockN = 128: 32 KiB + 128 KiB = 160 KiB   (fits the 227 KiB opt-in limit)
-//   D = 128, kBlockN = 176: 32 KiB + 176 KiB = 208 KiB   (FA3's choice; fits)
+// Shared memory (bf16) = Q 128*D*2 + (K + V) kBlockN*D*2*kStages, limit 227 KiB:
+//   D = 128, kBlockN = 192: 32 KiB + 192 KiB = 224 KiB
+//   D = 128, kBlockN = 128: 32 KiB + 128 KiB = 160 KiB
 //   D =  64, kBlockN = 128: 16 KiB +  64 KiB =  80 KiB
-// Registers per consumer thread (240 after setmaxnreg): O 64*D/128 + S 64*kBlockN/128 fp32 + P in bf16:
-//   D = 128, kBlockN = 176: 64 + 88 + 44 = 196, tight; kBlockN = 128: 64 + 64 + 32 = 160.
-// Measured on the H100 (2026-11-24, bench/attention.py): see bench/RESULTS.md; the block sizes here are
-// the ones that compiled without spills (nvcc 13.0 -Xptxas -v: 0 bytes spill) and ran fastest there.
+// Registers per consumer thread (setmaxnreg 240): O 64*D/128 + S 64*kBlockN/128 fp32 + P 16-bit:
+//   D = 128, kBlockN = 192: 64 + 96 + 48 = 208 -- no spills (nvcc 13.0, -Xptxas -v; no LDL/STL in SASS).
+//
+// H100 SXM, 2026-11-24, bench/attention.py (bf16, TFLOP/s, cold L2), same run:
+//   kBlockN    FLUX-1024  FLUX-2048  Wan-1.3B  Wan-14B     (S = 4608, 16896, 32760, 75600)
+//     128        630.0      671.2     651.9     623.9
+//     192        643.0      705.4     690.2     648.9      cuDNN: 645.6 668.5 596.2 569.1
+// 192 also divides 4608 and 16896 exactly (no partial key block). 176 (FA3's choice) was not
+// measured: this CUTLASS's ss_op_selector lowers N = 176 to 11 wgmma of N = 16.
 #pragma once
 
 namespace fastdit::attention::sm90 {
@@ -17,11 +22,7 @@ namespace fastdit::attention::sm90 {
 constexpr int kBlockM = 128;
 constexpr int kStages = 2;
 
-#ifndef FASTDIT_ATTENTION_SM90_BLOCK_N_D128
-#define FASTDIT_ATTENTION_SM90_BLOCK_N_D128 128
-#endif
-
-// Keys per stage.
-constexpr int block_n(int head_dim) { return head_dim <= 64 ? 128 : FASTDIT_ATTENTION_SM90_BLOCK_N_D128; }
+// Keys per stage. D = 64 keeps 128 (not measured against other sizes).
+constexpr int block_n(int head_dim) { return head_dim <= 64 ? 128 : 192; }
 
 }  // namespace fastdit::attention::sm90

@@ -27,24 +27,36 @@ def installed(monkeypatch):
 
 def test_auto_on_hopper_follows_the_measured_table(installed):
     installed("triton", "flash_attn.cute")
-    name, reason = selector.choose("auto", H100)
+    choice = selector.choose("auto", H100)
     rule = next(r for r in selector.AUTO_TABLE if selector._matches(r, H100))
-    assert name == rule.backends[0] and "H100" in reason and "2026-11-24" in reason
+    assert choice.backend == rule.backends[0] == "fastdit"
+    assert (choice.short_backend, choice.min_keys) == ("sdpa-cudnn", 16384)
+    assert "H100" in choice.reason and "2026-11-24" in choice.reason
+    op = attn.AttentionOp(choice.backend, choice.short_backend, choice.min_keys)
+    assert op.backend_for(4608) == "sdpa-cudnn" and op.backend_for(16896) == "fastdit"
+
+
+def test_auto_on_hopper_without_our_library_is_cudnn(installed):
+    installed("triton", library=False)
+    choice = selector.choose("auto", H100)
+    assert (choice.backend, choice.short_backend) == ("sdpa-cudnn", None)
+    assert attn.AttentionOp(choice.backend).backend_for(100000) == "sdpa-cudnn"
 
 
 def test_auto_elsewhere(installed):
     installed("triton", "aiter")
-    assert selector.choose("auto", A100)[0] == "sdpa"
-    assert selector.choose("auto", MI300)[0] == "aiter"
-    assert selector.choose("auto", CPU)[0] == "sdpa"
+    assert selector.choose("auto", A100).backend == "sdpa"
+    assert selector.choose("auto", MI300).backend == "aiter"
+    assert selector.choose("auto", CPU).backend == "sdpa"
     installed("triton")
-    assert selector.choose("auto", MI300)[0] == "sdpa"  # aiter not installed
+    assert selector.choose("auto", MI300).backend == "sdpa"  # aiter not installed
 
 
 def test_auto_skips_unsupported_head_dim_and_dtype(installed):
     installed("triton")
-    assert selector.choose("auto", DeviceInfo("cuda", (9, 0), torch.float32, 128))[0] == "sdpa"
-    assert selector.choose("auto", DeviceInfo("cuda", (9, 0), torch.bfloat16, 96))[0] == "sdpa-cudnn"
+    assert selector.choose("auto", DeviceInfo("cuda", (9, 0), torch.float32, 128)).backend == "sdpa"
+    assert selector.choose("auto", DeviceInfo("cuda", (9, 0), torch.bfloat16, 96)).backend == "sdpa-cudnn"
+    assert selector.choose("auto", DeviceInfo("cuda", (9, 0), torch.bfloat16, 64)).backend == "sdpa-cudnn"
 
 
 @pytest.mark.parametrize("backend,info,why", [
@@ -67,14 +79,14 @@ def test_fastdit_needs_the_library_on_hopper(installed):
     with pytest.raises(ValueError, match="kernel library .* not built"):
         selector.choose("fastdit", H100)
     installed("triton", library=True)
-    assert selector.choose("fastdit", H100) == ("fastdit", "forced")
-    assert selector.choose("fastdit", A100) == ("fastdit", "forced")  # the Triton FA2-class path
+    assert selector.choose("fastdit", H100) == selector.Choice("fastdit", "forced")
+    assert selector.choose("fastdit", A100).backend == "fastdit"  # the Triton FA2-class path
 
 
 def test_fa4_only_on_sm90_sm100(installed):
     installed("flash_attn.cute")
-    assert selector.choose("fa4", H100)[0] == "fa4"
-    assert selector.choose("fa4", DeviceInfo("cuda", (10, 0), torch.bfloat16, 128))[0] == "fa4"
+    assert selector.choose("fa4", H100).backend == "fa4"
+    assert selector.choose("fa4", DeviceInfo("cuda", (10, 0), torch.bfloat16, 128)).backend == "fa4"
     with pytest.raises(ValueError, match="sm90/sm100"):
         selector.choose("fa4", A100)
 
@@ -110,3 +122,22 @@ def test_attention_with_lse_on_cpu():
     s = torch.einsum("bihd,bjhd->bhij", q, k) / 8 ** 0.5
     torch.testing.assert_close(lse, s.logsumexp(-1))
     torch.testing.assert_close(out, attn.attention(q, k, v), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["fastdit", "triton", "sdpa", "sdpa-cudnn"])
+def test_backends_agree_on_gpu(backend):
+    """Every backend that can run here gives the same out and lse (lse layout [B, H, Sq]) as the reference."""
+    info = selector.device_info("cuda", torch.bfloat16, 128)
+    if backends.why_not(backend, info) is not None:
+        pytest.skip(backends.why_not(backend, info))
+    g = torch.Generator(device="cpu").manual_seed(0)
+    q, k, v = (torch.randn(2, s, 3, 128, generator=g).to("cuda", torch.bfloat16) for s in (300, 517, 517))
+    op = attn.make_attention_op(backend, "cuda", torch.bfloat16, 128)
+    out, lse = op.with_lse(q, k, v)
+    s = torch.einsum("bihd,bjhd->bhij", q.float(), k.float()) / 128 ** 0.5
+    ref = torch.einsum("bhij,bjhd->bihd", s.softmax(-1), v.float())
+    assert out.shape == q.shape and lse.shape == (2, 3, 300)
+    assert ((out.float() - ref).norm() / ref.norm()).item() < 1e-2
+    assert (lse - s.logsumexp(-1)).abs().max().item() < 2e-2
+    torch.testing.assert_close(op(q, k, v), out)

@@ -193,3 +193,16 @@ def test_triton_on_gpu_matches_reference(b, sq, sk, h, d):
     seqlens = torch.full((b,), sk, dtype=torch.int32, device="cuda")
     seqlens[-1] = max(1, sk // 3)
     _check_against_ref(q, k, v, seqlens, "triton")
+
+
+def test_custom_op_under_torch_compile_matches_eager(triton_interpret):
+    q, k, v = _qkv(1, 9, 11, 2, 16, torch.float32, "cpu")
+    compiled = torch.compile(lambda q, k, v: attention_fwd(q, k, v, backend="torch"), backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(q, k, v), attention_fwd(q, k, v, backend="torch"))
+
+
+@pytest.mark.parametrize("return_lse", [False, True])
+def test_custom_op_fake_matches_real(return_lse):
+    q, k, v = _qkv(2, 5, 7, 2, 16, torch.float32, "cpu")
+    torch.library.opcheck(attention_op._attention_fwd_op, (q, k, v, None, 0.25, return_lse, "torch"),
+                          test_utils=("test_schema", "test_faketensor"))

@@ -36,19 +36,25 @@ def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 @dataclass(frozen=True)
 class AttentionOp:
-    """A callable bound to one resolved backend: op(q, k, v, *, joint_txt_len=0) -> out.
+    """A callable bound to resolved backends: op(q, k, v, *, joint_txt_len=0) -> out.
 
-    joint_txt_len (leading text tokens of a FLUX joint sequence) matters only to sequence-parallel ops;
-    single-GPU attention ignores it.
+    Calls with fewer than `min_keys` keys (k.shape[1]) use `short_backend` when set (the auto table's
+    length rule). joint_txt_len (leading text tokens of a FLUX joint sequence) matters only to
+    sequence-parallel ops; single-GPU attention ignores it.
     """
 
     backend: str = "sdpa"
+    short_backend: str | None = None
+    min_keys: int = 0
+
+    def backend_for(self, num_keys: int) -> str:
+        return self.short_backend if self.short_backend is not None and num_keys < self.min_keys else self.backend
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, joint_txt_len: int = 0) -> torch.Tensor:
-        return attend(self.backend, q, k, v)
+        return attend(self.backend_for(k.shape[1]), q, k, v)
 
     def with_lse(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return attend_with_lse(self.backend, q, k, v)
+        return attend_with_lse(self.backend_for(k.shape[1]), q, k, v)
 
 
 def make_attention_op(backend: str = "auto", device=None, dtype: torch.dtype | None = None,
@@ -61,7 +67,8 @@ def make_attention_op(backend: str = "auto", device=None, dtype: torch.dtype | N
     if backend == "auto":
         backend = envs.attention_backend()
     info = device_info(device, dtype, head_dim)
-    name, reason = choose(backend, info)
-    log_once(f"attention backend: {name} [{reason}] for {info.kind} sm{info.capability[0]}{info.capability[1]} "
-             f"{str(info.dtype).removeprefix('torch.')} head_dim={info.head_dim}")
-    return AttentionOp(name)
+    choice = choose(backend, info)
+    log_once(f"attention backend: {choice.backend} [{choice.reason}] for {info.kind} "
+             f"sm{info.capability[0]}{info.capability[1]} {str(info.dtype).removeprefix('torch.')} "
+             f"head_dim={info.head_dim}")
+    return AttentionOp(choice.backend, choice.short_backend, choice.min_keys)

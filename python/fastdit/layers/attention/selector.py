@@ -1,8 +1,9 @@
 """`auto` attention: the measured winner per class of GPU, and the checks behind a forced backend.
 
 The table below is what bench/attention.py measured (TFLOP/s = 4*B*H*Sq*Sk*D / time, bf16, D = 128,
-shapes (1,24,4608) FLUX-1024, (1,24,16896) FLUX-2048, (1,12,32760) Wan-1.3B-480p). A rule names a
-backend only where it won in the same run; classes nobody measured fall back to torch's own SDPA choice.
+(B, H, S) = (1,24,4608) FLUX-1024, (1,24,16896) FLUX-2048, (1,12,32760) Wan-1.3B-480p, (1,40,75600)
+Wan-14B-720p). A rule names a backend only where it won in the same run -- ours from 16384 keys on, cuDNN
+below (a tie at 4608 keys); classes nobody measured fall back to torch's own SDPA choice.
 """
 
 from __future__ import annotations
@@ -22,16 +23,30 @@ class AutoRule:
     head_dims: tuple[int, ...]       # () : any
     backends: tuple[str, ...]        # tried in order; the first that can run wins
     measured: str                    # the numbers, device and date behind the rule
+    min_keys: int = 0                # `backends` only from this many keys (Sk) on ...
+    short_backends: tuple[str, ...] = ()  # ... and these below it
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A resolved backend; calls with fewer than `min_keys` keys go to `short_backend` when it is set."""
+
+    backend: str
+    reason: str
+    short_backend: str | None = None
+    min_keys: int = 0
 
 
 _HALF = (torch.bfloat16, torch.float16)
 
 AUTO_TABLE: tuple[AutoRule, ...] = (
-    AutoRule("cuda", 9, _HALF, (64, 128), ("sdpa-cudnn", "sdpa"),
-             "H100 SXM, 2026-11-24: cuDNN 614 / 654 / 556 TFLOP/s, SDPA flash (FA2) 325 / 372 / 367 "
-             "(issue 4); fastdit sm90 not yet measured faster than cuDNN, so cuDNN."),
+    AutoRule("cuda", 9, _HALF, (128,), ("fastdit",),
+             "H100 SXM, 2026-11-24, bf16 D=128, TFLOP/s fastdit vs cuDNN: S=4608 643.0 vs 645.6 (tie), "
+             "S=16896 705.4 vs 668.5, S=32760 690.2 vs 596.2, S=75600 648.9 vs 569.1; so ours from 16384 keys",
+             min_keys=16384, short_backends=("sdpa-cudnn", "sdpa")),
     AutoRule("cuda", 9, _HALF, (), ("sdpa-cudnn", "sdpa"),
-             "H100, 2026-11-24: torch SDPA already picks cuDNN for these shapes (FACTS.md)."),
+             "H100, 2026-11-24: cuDNN 614-654 TFLOP/s vs SDPA flash 325-372 at D=128; other head dims "
+             "not measured for fastdit, torch picks cuDNN for them too (FACTS.md)."),
     AutoRule("rocm", None, _HALF, (), ("aiter", "sdpa"), "not measured here: aiter is AMD's FA for MI300."),
     AutoRule("cuda", None, (), (), ("sdpa",), "not measured on this class of GPU: torch's own choice."),
     AutoRule("cpu", None, (), (), ("sdpa",), "CPU: torch SDPA (math)."),
@@ -46,25 +61,35 @@ def _matches(rule: AutoRule, info: DeviceInfo) -> bool:
             and (not rule.head_dims or info.head_dim in rule.head_dims))
 
 
-def choose(backend: str, info: DeviceInfo) -> tuple[str, str]:
-    """Resolve `backend` ("auto" or one of BACKENDS) for `info`; returns (backend, reason).
+def _first_runnable(names: tuple[str, ...], info: DeviceInfo) -> str | None:
+    return next((name for name in names if why_not(name, info) is None), None)
+
+
+def _auto(info: DeviceInfo) -> Choice:
+    for rule in AUTO_TABLE:
+        if not _matches(rule, info):
+            continue
+        main, short = _first_runnable(rule.backends, info), _first_runnable(rule.short_backends, info)
+        if main is not None and short is not None and rule.min_keys > 0:
+            return Choice(main, f"auto, {short} below {rule.min_keys} keys ({rule.measured})", short, rule.min_keys)
+        if main is not None or short is not None:
+            return Choice(main or short, f"auto ({rule.measured})")
+    return Choice("sdpa", "auto (no rule matched: torch's own choice)")
+
+
+def choose(backend: str, info: DeviceInfo) -> Choice:
+    """Resolve `backend` ("auto" or one of BACKENDS) for `info`.
 
     A forced backend that cannot run raises ValueError saying why and which backend would.
     """
     if backend == "auto":
-        for rule in AUTO_TABLE:
-            if _matches(rule, info):
-                for name in rule.backends:
-                    if why_not(name, info) is None:
-                        return name, f"auto ({rule.measured})"
-        return "sdpa", "auto (no rule matched: torch's own choice)"
+        return _auto(info)
     if backend not in BACKENDS:
         raise ValueError(f"attention backend {backend!r} is not one of {('auto',) + BACKENDS}")
     reason = why_not(backend, info)
     if reason is not None:
-        fallback, _ = choose("auto", info)
-        raise ValueError(f"attention backend {backend!r} cannot run here: {reason}; {fallback!r} would")
-    return backend, "forced"
+        raise ValueError(f"attention backend {backend!r} cannot run here: {reason}; {_auto(info).backend!r} would")
+    return Choice(backend, "forced")
 
 
 def device_info(device: torch.device | str | None, dtype: torch.dtype | None, head_dim: int | None) -> DeviceInfo:
