@@ -10,6 +10,15 @@
 Module names equal the diffusers checkpoint keys. Norms, modulation, QK-norm + RoPE and GELU go through
 fastdit.ops (backend = kernel_backend); attention through `attn_op(q, k, v, joint_txt_len=S_txt)` on
 [B, S, H, Dh] tensors, whose text tokens lead the sequence.
+
+fuse_projections=True (what load_flux_transformer builds by default) keeps the same numbers with fewer,
+larger GEMMs; the checkpoint tensors are concatenated on dim 0 at load by FLUX's fuse table:
+    transformer_blocks.i.attn.to_qkv       = [to_q; to_k; to_v]                 one QKV GEMM for img
+    transformer_blocks.i.attn.add_qkv_proj = [add_q_proj; add_k_proj; add_v_proj]  one for txt
+    single_transformer_blocks.i.linear1    = [attn.to_q; attn.to_k; attn.to_v; proj_mlp]  (BFL's name)
+    modulation = every block's norm1.linear, norm1_context.linear, norm.linear, then norm_out.linear:
+                 all adaLN vectors of a step from ONE GEMM of silu(temb), sliced per block.
+`flux_checkpoint_state_dict(model)` gives the checkpoint keys back as views (no copy).
 """
 
 from __future__ import annotations
@@ -52,30 +61,35 @@ class Modulation:
     gate: torch.Tensor
 
 
+def split_modulation(vec: torch.Tensor, n: int) -> tuple[Modulation, ...]:
+    """[B, 3 * n * D] -> n Modulations of (shift, scale, gate), in diffusers' chunk order (double block:
+    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp). The parts are strided views."""
+    chunks = vec.chunk(3 * n, dim=1)
+    return tuple(Modulation(*chunks[3 * i : 3 * i + 3]) for i in range(n))
+
+
 class AdaLayerNormZero(nn.Module):
-    """`linear(silu(temb))` chunked into `n` Modulations of (shift, scale, gate), in diffusers' order
-    (double block: shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp)."""
+    """The modulation projection `linear(silu(temb))` -> [B, 3 * n * D] (checkpoint key `norm1.linear`);
+    the model calls it (or the fused `modulation` GEMM in its place) and hands the block the vector."""
 
     def __init__(self, dim: int, n: int) -> None:
         super().__init__()
-        self.n = n
         self.linear = nn.Linear(dim, 3 * n * dim)
-
-    def forward(self, silu_temb: torch.Tensor) -> tuple[Modulation, ...]:
-        chunks = self.linear(silu_temb).chunk(3 * self.n, dim=1)
-        return tuple(Modulation(*chunks[3 * i : 3 * i + 3]) for i in range(self.n))
 
 
 class AdaLayerNormContinuous(nn.Module):
-    """norm_out: (scale, shift) = linear(silu(temb)) -- scale first, as diffusers; LN(x) * (1 + scale) + shift."""
+    """norm_out: (scale, shift) = linear(silu(temb)) -- scale first, as diffusers; LN(x) * (1 + scale) + shift.
+    With fuse_projections the linear lives in the model's `modulation` GEMM and forward gets its output."""
 
-    def __init__(self, dim: int, kernel_backend: str) -> None:
+    def __init__(self, dim: int, kernel_backend: str, fused: bool) -> None:
         super().__init__()
         self.kernel_backend = kernel_backend
-        self.linear = nn.Linear(dim, 2 * dim)
+        if not fused:
+            self.linear = nn.Linear(dim, 2 * dim)
 
-    def forward(self, x: torch.Tensor, silu_temb: torch.Tensor) -> torch.Tensor:
-        scale, shift = self.linear(silu_temb).chunk(2, dim=1)
+    def forward(self, x: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
+        """x [B, S, D], mod [B, 2D] = linear(silu(temb))."""
+        scale, shift = mod.chunk(2, dim=1)
         return layer_norm_modulate(x, shift, scale, NORM_EPS, backend=self.kernel_backend)
 
 
@@ -119,32 +133,49 @@ class FluxAttention(nn.Module):
 
     joint=True (double block): img uses to_q/to_k/to_v/norm_q/norm_k/to_out.0, txt uses add_*_proj/
     norm_added_*/to_add_out; both attend over [txt, img]. joint=False (single block): one stream, no
-    output projection (the block's proj_out follows)."""
+    output projection (the block's proj_out follows). fused=True: the double block's projections are
+    to_qkv and add_qkv_proj; the single block's q/k/v come from the block's linear1, so none live here."""
 
-    def __init__(self, dim: int, heads: int, head_dim: int, joint: bool, kernel_backend: str) -> None:
+    def __init__(self, dim: int, heads: int, head_dim: int, joint: bool, kernel_backend: str,
+                 fused: bool = False) -> None:
         super().__init__()
         self.head_dim = head_dim
         self.kernel_backend = kernel_backend
+        self.fused = fused
         inner = heads * head_dim
-        self.to_q, self.to_k, self.to_v = (nn.Linear(dim, inner) for _ in range(3))
+        if fused and joint:
+            self.to_qkv, self.add_qkv_proj = nn.Linear(dim, 3 * inner), nn.Linear(dim, 3 * inner)
+        elif not fused:
+            self.to_q, self.to_k, self.to_v = (nn.Linear(dim, inner) for _ in range(3))
         self.norm_q, self.norm_k = QKNorm(head_dim), QKNorm(head_dim)
         if joint:
             self.to_out = nn.ModuleList([nn.Linear(inner, dim)])  # to_out.1 is a Dropout in diffusers
-            self.add_q_proj, self.add_k_proj, self.add_v_proj = (nn.Linear(dim, inner) for _ in range(3))
+            if not fused:
+                self.add_q_proj, self.add_k_proj, self.add_v_proj = (nn.Linear(dim, inner) for _ in range(3))
             self.norm_added_q, self.norm_added_k = QKNorm(head_dim), QKNorm(head_dim)
             self.to_add_out = nn.Linear(inner, dim)
 
-    def _heads(self, x: torch.Tensor, to_q: nn.Linear, to_k: nn.Linear, to_v: nn.Linear, norm_q: QKNorm,
-               norm_k: QKNorm, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """x [B, S, D] -> q, k, v [B, S, H, Dh], q and k RMS-normed per head and rotated."""
-        q, k, v = (proj(x).unflatten(-1, (-1, self.head_dim)) for proj in (to_q, to_k, to_v))
+    def split_heads(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A fused projection [B, S, 3 * H * Dh] -> q, k, v [B, S, H, Dh] (views, token stride 3 * H * Dh)."""
+        return qkv.unflatten(-1, (3, -1, self.head_dim)).unbind(2)
+
+    def project(self, x: torch.Tensor, txt: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [B, S, D] -> q, k, v [B, S, H, Dh] through the img (or, txt=True, the txt) projections."""
+        if self.fused:
+            return self.split_heads((self.add_qkv_proj if txt else self.to_qkv)(x))
+        projs = (self.add_q_proj, self.add_k_proj, self.add_v_proj) if txt else (self.to_q, self.to_k, self.to_v)
+        return tuple(proj(x).unflatten(-1, (-1, self.head_dim)) for proj in projs)
+
+    def _norm_rope(self, q: torch.Tensor, k: torch.Tensor, norm_q: QKNorm, norm_k: QKNorm, cos: torch.Tensor,
+                   sin: torch.Tensor) -> None:
+        """q and k RMS-normed per head and rotated, in place."""
         qk_norm_rope(q, k, norm_q.weight, norm_k.weight, cos, sin, style="interleaved", norm="per_head",
                      eps=NORM_EPS, backend=self.kernel_backend)
-        return q, k, v
 
-    def forward_single(self, x: torch.Tensor, rope: Rope, attn_op: AttnOp, txt_len: int) -> torch.Tensor:
-        """x [B, S_txt + S_img, D] -> attention output [B, S, H * Dh]."""
-        q, k, v = self._heads(x, self.to_q, self.to_k, self.to_v, self.norm_q, self.norm_k, *rope)
+    def forward_single(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rope: Rope, attn_op: AttnOp,
+                       txt_len: int) -> torch.Tensor:
+        """q, k, v [B, S_txt + S_img, H, Dh] (projected) -> attention output [B, S, H * Dh]."""
+        self._norm_rope(q, k, self.norm_q, self.norm_k, *rope)
         return attn_op(q, k, v, joint_txt_len=txt_len).flatten(2)
 
     def forward_joint(self, img: torch.Tensor, txt: torch.Tensor, rope: Rope,
@@ -152,10 +183,10 @@ class FluxAttention(nn.Module):
         """img [B, S_img, D], txt [B, S_txt, D] -> (img_out, txt_out), same shapes."""
         txt_len = txt.shape[1]
         cos, sin = rope
-        q, k, v = self._heads(img, self.to_q, self.to_k, self.to_v, self.norm_q, self.norm_k,
-                              cos[txt_len:], sin[txt_len:])
-        c_q, c_k, c_v = self._heads(txt, self.add_q_proj, self.add_k_proj, self.add_v_proj, self.norm_added_q,
-                                    self.norm_added_k, cos[:txt_len], sin[:txt_len])
+        q, k, v = self.project(img)
+        self._norm_rope(q, k, self.norm_q, self.norm_k, cos[txt_len:], sin[txt_len:])
+        c_q, c_k, c_v = self.project(txt, txt=True)
+        self._norm_rope(c_q, c_k, self.norm_added_q, self.norm_added_k, cos[:txt_len], sin[:txt_len])
         q, k, v = (torch.cat(pair, dim=1) for pair in ((c_q, q), (c_k, k), (c_v, v)))  # [B, S_txt + S_img, H, Dh]
         out = attn_op(q, k, v, joint_txt_len=txt_len).flatten(2)
         return self.to_out[0](out[:, txt_len:]), self.to_add_out(out[:, :txt_len])
@@ -171,23 +202,27 @@ def _clip_fp16(x: torch.Tensor) -> torch.Tensor:
 
 class FluxTransformerBlock(nn.Module):
     """Double-stream block: per stream, x += gate_msa * attn(mod(LN(x))); x += gate_mlp * ff(mod(LN(x))),
-    with attention joint over [txt, img]."""
+    with attention joint over [txt, img]. The modulation vectors come from the model (norm1.linear and
+    norm1_context.linear, or the fused `modulation` GEMM, which then holds them)."""
 
-    def __init__(self, dim: int, heads: int, head_dim: int, kernel_backend: str, attn_op: AttnOp) -> None:
+    def __init__(self, dim: int, heads: int, head_dim: int, kernel_backend: str, attn_op: AttnOp,
+                 fused: bool = False) -> None:
         super().__init__()
         self.kernel_backend = kernel_backend
         self.attn_op = attn_op
-        self.norm1 = AdaLayerNormZero(dim, 2)
-        self.norm1_context = AdaLayerNormZero(dim, 2)
-        self.attn = FluxAttention(dim, heads, head_dim, joint=True, kernel_backend=kernel_backend)
+        if not fused:
+            self.norm1 = AdaLayerNormZero(dim, 2)
+            self.norm1_context = AdaLayerNormZero(dim, 2)
+        self.attn = FluxAttention(dim, heads, head_dim, joint=True, kernel_backend=kernel_backend, fused=fused)
         self.ff = FeedForward(dim, kernel_backend)
         self.ff_context = FeedForward(dim, kernel_backend)
 
-    def forward(self, img: torch.Tensor, txt: torch.Tensor, silu_temb: torch.Tensor,
+    def forward(self, img: torch.Tensor, txt: torch.Tensor, img_mod: torch.Tensor, txt_mod: torch.Tensor,
                 rope: Rope) -> tuple[torch.Tensor, torch.Tensor]:
+        """img [B, S_img, D], txt [B, S_txt, D], img_mod / txt_mod [B, 6D] -> (img, txt)."""
         backend = self.kernel_backend
-        img_msa, img_mlp = self.norm1(silu_temb)
-        txt_msa, txt_mlp = self.norm1_context(silu_temb)
+        img_msa, img_mlp = split_modulation(img_mod, 2)
+        txt_msa, txt_mlp = split_modulation(txt_mod, 2)
         # attention
         img_in = layer_norm_modulate(img, img_msa.shift, img_msa.scale, NORM_EPS, backend=backend)
         txt_in = layer_norm_modulate(txt, txt_msa.shift, txt_msa.scale, NORM_EPS, backend=backend)
@@ -204,29 +239,69 @@ class FluxTransformerBlock(nn.Module):
 
 class FluxSingleTransformerBlock(nn.Module):
     """Single-stream block over x = [txt, img]: y = mod(LN(x));
-    x += gate * proj_out(cat(attn(y), gelu_tanh(proj_mlp(y))))."""
+    x += gate * proj_out(cat(attn(y), gelu_tanh(proj_mlp(y)))).
+    fused=True: q, k, v and the MLP input come from one GEMM, linear1 = [to_q; to_k; to_v; proj_mlp]."""
 
-    def __init__(self, dim: int, heads: int, head_dim: int, kernel_backend: str, attn_op: AttnOp) -> None:
+    def __init__(self, dim: int, heads: int, head_dim: int, kernel_backend: str, attn_op: AttnOp,
+                 fused: bool = False) -> None:
         super().__init__()
         self.kernel_backend = kernel_backend
         self.attn_op = attn_op
+        self.inner_dim = heads * head_dim
         mlp_dim = 4 * dim
-        self.norm = AdaLayerNormZero(dim, 1)
-        self.proj_mlp = nn.Linear(dim, mlp_dim)
-        self.attn = FluxAttention(dim, heads, head_dim, joint=False, kernel_backend=kernel_backend)
+        if fused:
+            self.linear1 = nn.Linear(dim, 3 * self.inner_dim + mlp_dim)
+        else:
+            self.norm = AdaLayerNormZero(dim, 1)
+            self.proj_mlp = nn.Linear(dim, mlp_dim)
+        self.attn = FluxAttention(dim, heads, head_dim, joint=False, kernel_backend=kernel_backend, fused=fused)
         self.proj_out = nn.Linear(dim + mlp_dim, dim)
 
-    def forward(self, x: torch.Tensor, silu_temb: torch.Tensor, rope: Rope, txt_len: int) -> torch.Tensor:
-        (mod,) = self.norm(silu_temb)
+    def forward(self, x: torch.Tensor, mod: torch.Tensor, rope: Rope, txt_len: int) -> torch.Tensor:
+        """x [B, S_txt + S_img, D], mod [B, 3D] -> x."""
+        (mod,) = split_modulation(mod, 1)
         y = layer_norm_modulate(x, mod.shift, mod.scale, NORM_EPS, backend=self.kernel_backend)
         # attention and MLP in parallel, from the same normed input
-        attn_out = self.attn.forward_single(y, rope, self.attn_op, txt_len)
-        mlp_out = gelu_tanh(self.proj_mlp(y), backend=self.kernel_backend)
+        if self.attn.fused:
+            h = self.linear1(y)  # [B, S, 3 * H * Dh + 4D]
+            q, k, v = self.attn.split_heads(h[..., : 3 * self.inner_dim])
+            mlp_in = h[..., 3 * self.inner_dim :]
+        else:
+            q, k, v = self.attn.project(y)
+            mlp_in = self.proj_mlp(y)
+        attn_out = self.attn.forward_single(q, k, v, rope, self.attn_op, txt_len)
+        mlp_out = gelu_tanh(mlp_in, backend=self.kernel_backend)
         out = self.proj_out(torch.cat([attn_out, mlp_out], dim=2))
         return _clip_fp16(torch.addcmul(x, mod.gate.unsqueeze(1), out))
 
 
 # the model
+
+
+def modulation_keys(config: FluxTransformerConfig) -> list[str]:
+    """The checkpoint prefixes of every adaLN projection of silu(temb), in the order the model consumes
+    them (= the row order of the fused `modulation` weight)."""
+    keys = []
+    for i in range(config.num_layers):
+        keys += [f"transformer_blocks.{i}.norm1.linear", f"transformer_blocks.{i}.norm1_context.linear"]
+    keys += [f"single_transformer_blocks.{i}.norm.linear" for i in range(config.num_single_layers)]
+    return keys + ["norm_out.linear"]
+
+
+def flux_fuse_table(config: FluxTransformerConfig) -> dict[str, tuple[str, ...]]:
+    """FLUX's fuse table for loader.weights.load_weights: fused key -> checkpoint keys, concatenated on dim 0.
+    Keys are full (block index included) so that no rule can match another block kind's tensors."""
+    table: dict[str, tuple[str, ...]] = {}
+    for p in ("weight", "bias"):
+        for i in range(config.num_layers):
+            attn = f"transformer_blocks.{i}.attn"
+            table[f"{attn}.to_qkv.{p}"] = tuple(f"{attn}.to_{x}.{p}" for x in "qkv")
+            table[f"{attn}.add_qkv_proj.{p}"] = tuple(f"{attn}.add_{x}_proj.{p}" for x in "qkv")
+        for i in range(config.num_single_layers):
+            block = f"single_transformer_blocks.{i}"
+            table[f"{block}.linear1.{p}"] = (*(f"{block}.attn.to_{x}.{p}" for x in "qkv"), f"{block}.proj_mlp.{p}")
+        table[f"modulation.{p}"] = tuple(f"{key}.{p}" for key in modulation_keys(config))
+    return table
 
 
 class FluxTransformer2DModel(nn.Module):
@@ -235,13 +310,15 @@ class FluxTransformer2DModel(nn.Module):
     txt_ids [S_txt, 3], guidance [B] | None, rope=None) -> [B, S_img, out_dim].
 
     `rope` is `model.rope(img_ids, txt_ids)`, computed once per request by the caller; when None it is
-    computed here. `set_attn_op(op)` swaps the attention op of every block (sequence parallel uses it)."""
+    computed here. `set_attn_op(op)` swaps the attention op of every block (sequence parallel uses it).
+    fuse_projections=True builds the fused layout of flux_fuse_table (same numbers, fewer GEMMs)."""
 
     def __init__(self, config: FluxTransformerConfig, attn_op: AttnOp | None = None,
-                 kernel_backend: str = "auto") -> None:
+                 kernel_backend: str = "auto", fuse_projections: bool = False) -> None:
         super().__init__()
         self.config = config
         self.kernel_backend = kernel_backend
+        self.fuse_projections = fuse_projections
         attn_op = attn_op or sdpa_attn_op
         dim, heads, head_dim = config.inner_dim, config.num_attention_heads, config.attention_head_dim
         self.time_text_embed = CombinedTimestepGuidanceTextProjEmbeddings(
@@ -249,15 +326,20 @@ class FluxTransformer2DModel(nn.Module):
         )
         self.context_embedder = nn.Linear(config.joint_attention_dim, dim)
         self.x_embedder = nn.Linear(config.in_channels, dim)
+        fused = fuse_projections
         self.transformer_blocks = nn.ModuleList(
-            FluxTransformerBlock(dim, heads, head_dim, kernel_backend, attn_op) for _ in range(config.num_layers)
+            FluxTransformerBlock(dim, heads, head_dim, kernel_backend, attn_op, fused) for _ in range(config.num_layers)
         )
         self.single_transformer_blocks = nn.ModuleList(
-            FluxSingleTransformerBlock(dim, heads, head_dim, kernel_backend, attn_op)
+            FluxSingleTransformerBlock(dim, heads, head_dim, kernel_backend, attn_op, fused)
             for _ in range(config.num_single_layers)
         )
-        self.norm_out = AdaLayerNormContinuous(dim, kernel_backend)
+        self.norm_out = AdaLayerNormContinuous(dim, kernel_backend, fused)
         self.proj_out = nn.Linear(dim, config.out_dim)
+        # [double: 6D, 6D] * num_layers, [single: 3D] * num_single_layers, [norm_out: 2D]
+        self.modulation_sizes = [6 * dim] * (2 * config.num_layers) + [3 * dim] * config.num_single_layers + [2 * dim]
+        if fused:
+            self.modulation = nn.Linear(dim, sum(self.modulation_sizes))
 
     def set_attn_op(self, attn_op: AttnOp) -> None:
         for block in (*self.transformer_blocks, *self.single_transformer_blocks):
@@ -267,6 +349,13 @@ class FluxTransformer2DModel(nn.Module):
         """(cos, sin) [S_txt + S_img, Dh / 2] fp32 for the joint sequence [txt, img]."""
         ids = torch.cat([txt_ids, img_ids], dim=0)
         return rope_cos_sin(ids, self.config.axes_dims_rope, ROPE_THETA)
+
+    def modulations(self, silu_temb: torch.Tensor) -> list[torch.Tensor]:
+        """Every adaLN vector of the step, [B, n_i] each in modulation_keys order: one GEMM when fused
+        (slices of one [B, sum n_i] output), else one per checkpoint projection."""
+        if self.fuse_projections:
+            return list(self.modulation(silu_temb).split(self.modulation_sizes, dim=1))
+        return [self.get_submodule(key)(silu_temb) for key in modulation_keys(self.config)]
 
     def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
                 pooled_projections: torch.Tensor, timestep: torch.Tensor, img_ids: torch.Tensor,
@@ -278,26 +367,60 @@ class FluxTransformer2DModel(nn.Module):
         timestep = timestep.to(img.dtype) * 1000
         guidance = None if guidance is None else guidance.to(img.dtype) * 1000
         silu_temb = F.silu(self.time_text_embed(timestep, guidance, pooled_projections))  # [B, D]
+        mods = iter(self.modulations(silu_temb))
         if rope is None:
             rope = self.rope(img_ids, txt_ids)
         # double-stream blocks
         for block in self.transformer_blocks:
-            img, txt = block(img, txt, silu_temb, rope)
+            img, txt = block(img, txt, next(mods), next(mods), rope)
         # single-stream blocks over the joint sequence, text first
         x = torch.cat([txt, img], dim=1)
         for block in self.single_transformer_blocks:
-            x = block(x, silu_temb, rope, txt_len)
+            x = block(x, next(mods), rope, txt_len)
         # output
-        img = self.norm_out(x[:, txt_len:].contiguous(), silu_temb)
+        img = self.norm_out(x[:, txt_len:].contiguous(), next(mods))
         return self.proj_out(img)
+
+
+# loading
+
+
+def flux_checkpoint_state_dict(model: FluxTransformer2DModel) -> dict[str, torch.Tensor]:
+    """The model's tensors under the diffusers checkpoint keys: for a fused model, each fused tensor's
+    dim-0 slices (views sharing its memory, e.g. for `load_state_dict(..., assign=True)` of a diffusers twin)."""
+    state = model.state_dict()
+    if not model.fuse_projections:
+        return state
+    with torch.device("meta"):
+        shapes = {k: t.shape for k, t in FluxTransformer2DModel(model.config).state_dict().items()}
+    for target, sources in flux_fuse_table(model.config).items():
+        fused, offset = state.pop(target), 0
+        for source in sources:
+            state[source] = fused.narrow(0, offset, shapes[source][0])
+            offset += shapes[source][0]
+    return state
+
+
+def _init_dummy_fused(model: FluxTransformer2DModel, seed: int) -> None:
+    """init_dummy_weights of the UNFUSED model (same seed: the same numbers), written through checkpoint
+    views into the fused tensors: a shadow unfused module whose parameters are those views."""
+    views = flux_checkpoint_state_dict(model)
+    with torch.device("meta"):
+        shadow = FluxTransformer2DModel(model.config)
+    for name, _ in list(shadow.named_parameters()):
+        owner, leaf = name.rsplit(".", 1)
+        shadow.get_submodule(owner)._parameters[leaf] = nn.Parameter(views[name], requires_grad=False)
+    init_dummy_weights(shadow, seed=seed)
 
 
 def load_flux_transformer(folder: str | None = None, preset: str | None = None, dtype: torch.dtype = torch.bfloat16,
                           device: str | torch.device = "cpu", attn_op: AttnOp | None = None,
-                          kernel_backend: str = "auto", load_format: str = "auto") -> FluxTransformer2DModel:
+                          kernel_backend: str = "auto", load_format: str = "auto",
+                          fuse_projections: bool = True) -> FluxTransformer2DModel:
     """A FLUX transformer from a diffusers `transformer/` folder (config.json + safetensors), or with
-    load_format="dummy" random weights for the folder's config or the built-in `preset`.
-    Parameters are allocated once, on `device`, in `dtype`."""
+    load_format="dummy" random weights for the folder's config or the built-in `preset` (the same numbers
+    fused or not). Parameters are allocated once, on `device`, in `dtype`; fuse_projections (the inference
+    default) concatenates the checkpoint's projections by flux_fuse_table."""
     if load_format not in ("auto", "dummy"):
         raise ValueError(f"load_format={load_format!r}: allowed are 'auto' and 'dummy'")
     if (folder is None) == (preset is None):
@@ -305,14 +428,19 @@ def load_flux_transformer(folder: str | None = None, preset: str | None = None, 
     if folder is None and load_format != "dummy":
         raise ValueError(f"preset {preset!r} has no weights: use load_format='dummy' or pass a checkpoint folder")
     config = FluxTransformerConfig.from_dict(read_config(folder)) if folder else flux_transformer_preset(preset)
-    model = build_module(lambda: FluxTransformer2DModel(config, attn_op, kernel_backend), dtype, device)
-    if load_format == "dummy":
+    model = build_module(lambda: FluxTransformer2DModel(config, attn_op, kernel_backend, fuse_projections),
+                         dtype, device)
+    if load_format == "dummy" and fuse_projections:
+        _init_dummy_fused(model, seed=0)
+    elif load_format == "dummy":
         init_dummy_weights(model, seed=0)
     else:
-        load_weights(model, load_state_dict(folder), "transformer")
+        fuse_table = flux_fuse_table(config) if fuse_projections else None
+        load_weights(model, load_state_dict(folder), "transformer", fuse_table=fuse_table)
     get_logger().info(
-        "transformer: FLUX %d+%d blocks, %d heads x %d, %s on %s, weights %s",
+        "transformer: FLUX %d+%d blocks, %d heads x %d, %s on %s, weights %s, projections %s",
         config.num_layers, config.num_single_layers, config.num_attention_heads, config.attention_head_dim,
         str(dtype).removeprefix("torch."), device, "random (dummy)" if load_format == "dummy" else f"from {folder}",
+        "fused" if fuse_projections else "as in the checkpoint",
     )
     return model
