@@ -12,6 +12,8 @@ import torch
 from fastdit.ops import attention as attention_op
 from fastdit.ops.attention import attention_fwd, attention_ref
 
+from _op_testing import run_under_interpreter
+
 
 def _qkv(b, sq, sk, h, d, dtype, device, seed=0):
     g = torch.Generator(device="cpu").manual_seed(seed)
@@ -41,37 +43,33 @@ def _check_against_ref(q, k, v, seqlens_k, backend, factor=3.0):
     return out, lse
 
 
-# CPU: Triton interpreted -------------------------------------------------------------------------------------
+# CPU: Triton interpreted (in a fresh process: Triton decides at import whether kernels are interpreted) ---
 
-@pytest.fixture
-def triton_interpret(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+def interpreted_cases():
+    for b, sq, sk, h, d in [(1, 1, 1, 1, 16), (2, 19, 37, 3, 32), (1, 77, 5, 2, 64), (1, 33, 70, 1, 40)]:
+        q, k, v = _qkv(b, sq, sk, h, d, torch.float32, "cpu", seed=sq)
+        _check_against_ref(q, k, v, None, "triton")
 
-
-@pytest.mark.parametrize("b,sq,sk,h,d", [(1, 1, 1, 1, 16), (2, 19, 37, 3, 32), (1, 77, 5, 2, 64), (1, 33, 70, 1, 40)])
-def test_triton_matches_reference(triton_interpret, b, sq, sk, h, d):
-    q, k, v = _qkv(b, sq, sk, h, d, torch.float32, "cpu", seed=sq)
-    _check_against_ref(q, k, v, None, "triton")
-
-
-def test_triton_varlen_and_empty_batch(triton_interpret):
+    # varlen with an empty batch entry; keys past seqlens_k[b] must not matter
     q, k, v = _qkv(3, 21, 45, 2, 32, torch.float32, "cpu", seed=3)
     seqlens = torch.tensor([45, 7, 0], dtype=torch.int32)
     out, lse = _check_against_ref(q, k, v, seqlens, "triton")
     assert torch.all(out[2] == 0) and torch.all(lse[2] == float("-inf"))
-    # keys past seqlens_k[b] must not matter
     k2, v2 = k.clone(), v.clone()
     k2[1, 7:], v2[1, 7:] = 1e3, -1e3
     out2 = attention_fwd(q, k2, v2, seqlens_k=seqlens, backend="triton")
     torch.testing.assert_close(out2, out)
 
-
-def test_triton_strided_views(triton_interpret):
-    qkv = torch.randn(2, 23, 3, 2, 32)  # a fused [B, S, 3, H, D] projection, sliced without copies
+    # a fused [B, S, 3, H, D] projection, sliced without copies
+    qkv = torch.randn(2, 23, 3, 2, 32)
     q, k, v = qkv.unbind(2)
     out = attention_fwd(q, k, v, backend="triton")
     ref, _ = attention_ref(q, k, v)
     assert _rel(out, ref) <= 1e-4
+
+
+def test_triton_matches_reference_interpreted():
+    run_under_interpreter(__file__, "interpreted_cases")
 
 
 def test_reference_is_softmax_attention():
@@ -195,7 +193,7 @@ def test_triton_on_gpu_matches_reference(b, sq, sk, h, d):
     _check_against_ref(q, k, v, seqlens, "triton")
 
 
-def test_custom_op_under_torch_compile_matches_eager(triton_interpret):
+def test_custom_op_under_torch_compile_matches_eager():
     q, k, v = _qkv(1, 9, 11, 2, 16, torch.float32, "cpu")
     compiled = torch.compile(lambda q, k, v: attention_fwd(q, k, v, backend="torch"), backend="eager", fullgraph=True)
     torch.testing.assert_close(compiled(q, k, v), attention_fwd(q, k, v, backend="torch"))

@@ -13,16 +13,13 @@ Layers choose among whole attention libraries in fastdit.layers.attention; this 
 from __future__ import annotations
 
 import ctypes
-import functools
 import math
-import os
 
 import torch
 
-from fastdit import envs
+from fastdit.ops import _library as _lib
 
-BACKENDS = ("auto", "cuda", "triton", "torch")
-_DTYPE_CODES = {torch.bfloat16: 1, torch.float16: 2}  # FastditDtype in csrc/api/library.h
+BACKENDS = _lib.BACKENDS
 
 
 def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seqlens_k: torch.Tensor | None = None,
@@ -55,20 +52,10 @@ class _FwdArgs(ctypes.Structure):
     ]
 
 
-@functools.lru_cache(maxsize=1)
-def _library() -> ctypes.CDLL | None:
-    """The kernel library with the attention export, or None (not built, not found, or no export)."""
-    path = envs.kernel_library_path()
-    try:
-        lib = ctypes.CDLL(path) if path else None
-    except OSError:
-        lib = None
-    if lib is None or not hasattr(lib, "fastdit_attention_fwd"):
-        return None
-    lib.fastdit_attention_fwd.argtypes = [ctypes.POINTER(_FwdArgs), ctypes.c_int, ctypes.c_void_p]
-    lib.fastdit_attention_fwd.restype = ctypes.c_int
-    lib.fastdit_last_error.restype = ctypes.c_char_p
-    return lib
+def _library():
+    """The kernel library when it is loaded and carries the attention export, else None."""
+    lib = _lib.library()
+    return lib if lib is not None and hasattr(lib, "fastdit_attention_fwd") else None
 
 
 def _strides(t: torch.Tensor) -> tuple[int, int, int]:
@@ -76,16 +63,14 @@ def _strides(t: torch.Tensor) -> tuple[int, int, int]:
 
 
 def _launch_cuda(q, k, v, out, lse, seqlens_k, scale: float) -> None:
-    lib = _library()
     a = _FwdArgs(q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
                  lse.data_ptr() if lse is not None else None,
-                 seqlens_k.data_ptr() if seqlens_k is not None else None, _DTYPE_CODES[q.dtype],
+                 seqlens_k.data_ptr() if seqlens_k is not None else None, _lib.DTYPE_CODES[q.dtype],
                  q.shape[0], q.shape[1], k.shape[1], q.shape[2], q.shape[3],
                  (ctypes.c_int64 * 3)(*_strides(q)), (ctypes.c_int64 * 3)(*_strides(k)),
                  (ctypes.c_int64 * 3)(*_strides(v)), (ctypes.c_int64 * 3)(*_strides(out)), scale)
-    stream = torch.cuda.current_stream(q.device).cuda_stream
-    if lib.fastdit_attention_fwd(ctypes.byref(a), q.device.index, ctypes.c_void_p(stream)) != 0:
-        raise RuntimeError(lib.fastdit_last_error().decode())
+    fn = _lib.export("fastdit_attention_fwd", (ctypes.POINTER(_FwdArgs), ctypes.c_int, ctypes.c_void_p))
+    _lib.check("attention_fwd", fn(ctypes.byref(a), q.device.index, _lib.stream_of(q)))
 
 
 # Predicates -------------------------------------------------------------------------------------------------
@@ -94,21 +79,17 @@ def supports_cuda(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """Our sm90 kernel: a Hopper GPU, bf16/fp16, head dim 64 or 128, 16-byte aligned rows, the library built."""
     if not q.is_cuda or torch.version.hip is not None or torch.cuda.get_device_capability(q.device)[0] != 9:
         return False
-    if q.dtype not in _DTYPE_CODES or q.shape[-1] not in (64, 128):
+    if q.dtype not in _lib.HALF_DTYPES or q.shape[-1] not in (64, 128):
         return False
     aligned = all(t.data_ptr() % 16 == 0 and all(s % 8 == 0 for s in _strides(t)) for t in (q, k, v))
-    return aligned and _library() is not None
+    return aligned and _library() is not None and _lib.cuda_ready(q.device.index)
 
 
 def supports_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """The Triton kernel: a CUDA/ROCm GPU (or the CPU under TRITON_INTERPRET=1), fp16/bf16/fp32, D <= 256."""
     if q.shape[-1] > 256 or q.dtype not in (torch.bfloat16, torch.float16, torch.float32):
         return False
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    return _lib.triton_ready(q.device)
 
 
 # The op -----------------------------------------------------------------------------------------------------
