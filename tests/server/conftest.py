@@ -4,7 +4,8 @@
         httpx.get(server.url + "/health")
 
 The server's output goes to a file whose tail is shown when a test fails to start it. Startup (the worker
-importing torch and building flux-tiny) takes seconds; modules share one server through a module fixture.
+importing torch and building flux-tiny) takes seconds, so test_app.py and test_faults.py share one flux-tiny
+server (`flux_server`, the whole session); they compare /metrics before and after rather than absolute counts.
 """
 
 from __future__ import annotations
@@ -20,10 +21,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import pytest
 
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 120.0
 TINY = ["--load-format", "dummy", "--device", "cpu", "--dtype", "float32"]
+KEY = "test-key-123"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+MAX_QUEUE = 8
+MAX_BATCH = 4
+MAX_PIXELS = 70_000  # 256x256 fits, 272x272 does not; 16x4112 fits (and only the pipeline refuses it)
+MAX_BODY = 256 * 1024
+FLUX_FLAGS = ["--api-key", KEY, "--max-queue", str(MAX_QUEUE), "--max-batch-size", str(MAX_BATCH),
+              "--max-pixels", str(MAX_PIXELS), "--max-body-bytes", str(MAX_BODY), "--enable-test-faults"]
 
 
 def free_port() -> int:
@@ -78,6 +88,12 @@ def running_server(*flags: str, tmp_dir: Path, model: str = "flux-tiny"):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def flux_server(tmp_path_factory):
+    with running_server(*FLUX_FLAGS, tmp_dir=tmp_path_factory.mktemp("flux-server")) as server:
+        yield server
 
 
 def metric(text: str, name: str, **labels: str) -> float:

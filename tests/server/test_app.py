@@ -12,23 +12,15 @@ import openai
 import pytest
 from PIL import Image
 
-from tests.server.conftest import metric, running_server
+from tests.server.conftest import AUTH, KEY, MAX_BATCH, MAX_BODY, MAX_QUEUE, metric
 
-KEY = "test-key-123"
-AUTH = {"Authorization": f"Bearer {KEY}"}
-MAX_QUEUE = 8
-MAX_BATCH = 4
-MAX_BODY = 256 * 1024
-SMALL = {"size": "64x64", "num_inference_steps": 1}
+SMALL = {"size": "32x32", "num_inference_steps": 1}
 GENERATIONS = "/v1/images/generations"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    flags = ["--api-key", KEY, "--max-queue", str(MAX_QUEUE), "--max-batch-size", str(MAX_BATCH),
-             "--max-pixels", str(128 * 128), "--max-body-bytes", str(MAX_BODY), "--enable-test-faults"]
-    with running_server(*flags, tmp_dir=tmp_path_factory.mktemp("server")) as running:
-        yield running
+def server(flux_server):
+    return flux_server
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +87,7 @@ def test_models(client, server):
 @pytest.mark.parametrize("body, param, match", [
     ({"prompt": "p", "size": "64by64"}, "size", "WIDTHxHEIGHT"),
     ({"prompt": "p", "size": "72x64"}, "size", "multiples of 16"),
-    ({"prompt": "p", "size": "256x256"}, "size", "--max-pixels 16384"),
+    ({"prompt": "p", "size": "272x272"}, "size", "--max-pixels 70000"),
     ({"prompt": "p", "n": 0}, "n", "[1, 4]"),
     ({"prompt": "p", "n": MAX_BATCH + 1}, "n", "[1, 4]"),
     ({"prompt": ""}, "prompt", "non-empty"),
@@ -194,7 +186,7 @@ def test_48_concurrent_requests_against_a_queue_of_8(server):
     assert len(ok) >= MAX_QUEUE and limited, (len(ok), len(limited))
     for response in ok:
         image = decode(base64.b64decode(response.json()["data"][0]["b64_json"]))
-        assert image.size == (64, 64)
+        assert image.size == (32, 32)
     for response in limited:
         assert int(response.headers["retry-after"]) >= 1
         assert response.json()["error"]["type"] == "rate_limit_error"

@@ -15,7 +15,7 @@ and `param` set to the parameter's name. Allowed values (beyond OpenAI's own nam
     seed                   an integer in [0, 2**63); absent for a random one
     num_inference_steps    an integer in [1, 1000];  guidance_scale a finite number >= 0;
     true_cfg_scale         a finite number >= 1;     negative_prompt a string (same length limit as prompt)
-    fastdit_test_fault     only when the server runs with --enable-test-faults: "raise", "oom", "exit", "sleep:S"
+    fastdit_test_fault     only when the server runs with --enable-test-faults: "raise", "oom", "sleep:S"
 This module is torch-free: it runs in the HTTP process. The pipeline validates the request once more in the worker.
 """
 
@@ -36,7 +36,7 @@ MAX_SEED = 2**63
 MAX_FRAMES = 1024
 RESPONSE_FORMATS = ("b64_json", "url")
 IMAGE_FORMATS = ("png", "jpeg", "webp")
-TEST_FAULTS = ("raise", "oom", "exit")
+TEST_FAULTS = ("raise", "oom")
 MAX_TEST_SLEEP_S = 60.0
 # OpenAI parameters that steer models we do not serve (DALL-E styles, moderation): accepted and ignored so
 # that clients written for OpenAI work unchanged.

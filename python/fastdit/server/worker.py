@@ -12,8 +12,8 @@ is retried one request at a time, so one request's failure (e.g. out of memory a
 for that request only. The worker exits when the parent's end of the pipe closes.
 
 Test faults (GenerationSpec.test_fault, honoured only with --enable-test-faults): "raise" and "oom" raise inside
-the worker (-> 500 for that request), "exit" ends the process abruptly (-> restart), "sleep:S" holds the
-request S seconds before running it (so a test can kill the worker while it holds a request).
+the worker (-> 500 for that request), "sleep:S" holds the request S seconds before running it (so a test can
+kill the worker, whose pid /health shows, while it holds a request).
 """
 
 from __future__ import annotations
@@ -75,8 +75,6 @@ def _inject_fault(fault: str | None) -> None:
 
     if fault is None:
         return
-    if fault == "exit":
-        os._exit(17)  # abrupt, as a crash or the OOM killer would be: no cleanup, no reply
     if fault == "raise":
         raise RuntimeError("injected test fault (fastdit_test_fault=raise)")
     if fault == "oom":
