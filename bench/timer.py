@@ -1,6 +1,7 @@
 """The one shared GPU timer of fastdit's benchmarks: CUDA events around each call, warmup first, the
 median reported, and a cold L2 (a buffer twice the L2 size is overwritten before every timed call, so
-a memory-bound kernel is not timed on data the previous call left in cache).
+a memory-bound kernel is not timed on data the previous call left in cache). A spin kernel runs before
+each start event so that the CPU has queued the call before the GPU reaches it: the times are GPU time.
 
     from timer import time_cuda, copy_bandwidth_gbs     # in bench/<name>.py, run as `python bench/<name>.py`
     t = time_cuda(lambda: op(x), warmup=5, iters=30)   # -> Timing(median_ms, min_ms, max_ms, iters)
@@ -27,6 +28,7 @@ class Timing:
         return bytes_moved / (self.median_ms * 1e-3) / 1e9
 
 
+_SLEEP_CYCLES = 1_000_000  # ~0.5 ms at H100 clocks: more than any op's CPU-side dispatch
 _flush_buffers: dict[torch.device, torch.Tensor] = {}
 
 
@@ -52,6 +54,9 @@ def time_cuda(fn: Callable[[], object], warmup: int = 5, iters: int = 30, cold_l
     for start, end in zip(starts, ends):
         if flush is not None:
             flush.fill_(1)
+        # Keep the GPU busy while the CPU queues the call, so the events time the GPU work, not the
+        # Python dispatch in front of it (measured separately: bench/ops.py's dispatch overhead).
+        torch.cuda._sleep(_SLEEP_CYCLES)
         start.record()
         fn()
         end.record()

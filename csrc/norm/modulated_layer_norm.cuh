@@ -43,9 +43,9 @@ struct ModulatedNormParams {
 };
 
 template <typename T, bool kHasResidual>
-__global__ void __launch_bounds__(kBlockThreads)
+__global__ void __launch_bounds__(kMaxBlockThreads)
     modulated_layer_norm_kernel(ModulatedNormParams<T> p, RowLayout layout) {
-  __shared__ float scratch[kBlockThreads / 32];
+  __shared__ float scratch[kMaxBlockThreads / 32];
   const int t = threadIdx.x % layout.threads_per_row;
   const int64_t row = int64_t(blockIdx.x) * layout.rows_per_block + threadIdx.x / layout.threads_per_row;
   const bool row_ok = row < p.batch * p.seq;
@@ -53,24 +53,45 @@ __global__ void __launch_bounds__(kBlockThreads)
   const int64_t s = row_ok ? row % p.seq : 0;
   const int64_t chunks = p.dim / kVecElems;
   const int64_t row_offset = row * p.dim;
+  const T* shift = p.shift.at(b, s);
+  const T* scale = p.scale.at(b, s);
 
-  float v[kMaxVecsPerThread][kVecElems];
+  // All loads of the row (x, residual, gate, shift, scale) are issued before the first reduction, and
+  // the row stays packed in registers (v_raw: x, or r once the gated residual is applied).
+  uint4 v_raw[kMaxVecsPerThread], shift_raw[kMaxVecsPerThread], scale_raw[kMaxVecsPerThread];
+  uint4 res_raw[kHasResidual ? kMaxVecsPerThread : 1], gate_raw[kHasResidual ? kMaxVecsPerThread : 1];
+#pragma unroll
+  for (int i = 0; i < kMaxVecsPerThread; ++i) {
+    const int64_t c = t + int64_t(i) * layout.threads_per_row;
+    if (!(row_ok && i < layout.vecs_per_thread && c < chunks)) continue;
+    v_raw[i] = load_raw(p.x + row_offset + c * kVecElems);
+    if constexpr (kHasResidual) {
+      res_raw[i] = load_raw(p.residual + row_offset + c * kVecElems);
+      gate_raw[i] = load_raw(p.gate.at(b, s) + c * kVecElems);
+    }
+    shift_raw[i] = load_raw(shift + c * kVecElems);
+    scale_raw[i] = load_raw(scale + c * kVecElems);
+  }
+
   float sum = 0.f;
 #pragma unroll
   for (int i = 0; i < kMaxVecsPerThread; ++i) {
     const int64_t c = t + int64_t(i) * layout.threads_per_row;
     if (!(row_ok && i < layout.vecs_per_thread && c < chunks)) continue;
-    load8(p.x + row_offset + c * kVecElems, v[i]);
+    float v[kVecElems];
+    unpack8<T>(v_raw[i], v);
     if constexpr (kHasResidual) {
       float res[kVecElems], gate[kVecElems];
-      load8(p.residual + row_offset + c * kVecElems, res);
-      load8(p.gate.at(b, s) + c * kVecElems, gate);
+      unpack8<T>(res_raw[i], res);
+      unpack8<T>(gate_raw[i], gate);
 #pragma unroll
-      for (int e = 0; e < kVecElems; ++e) v[i][e] = round_through<T>(res[e] + gate[e] * v[i][e]);
-      store8(p.r_out + row_offset + c * kVecElems, v[i]);
+      for (int e = 0; e < kVecElems; ++e) v[e] = res[e] + gate[e] * v[e];
+      v_raw[i] = pack8<T>(v);  // r rounded to T: the norm below reads the rounded r, as the reference
+      *reinterpret_cast<uint4*>(p.r_out + row_offset + c * kVecElems) = v_raw[i];
+      unpack8<T>(v_raw[i], v);
     }
 #pragma unroll
-    for (int e = 0; e < kVecElems; ++e) sum += v[i][e];
+    for (int e = 0; e < kVecElems; ++e) sum += v[e];
   }
   const float mean = row_sum(sum, layout.threads_per_row, scratch) / float(p.dim);
 
@@ -79,8 +100,10 @@ __global__ void __launch_bounds__(kBlockThreads)
   for (int i = 0; i < kMaxVecsPerThread; ++i) {
     const int64_t c = t + int64_t(i) * layout.threads_per_row;
     if (!(row_ok && i < layout.vecs_per_thread && c < chunks)) continue;
+    float v[kVecElems];
+    unpack8<T>(v_raw[i], v);
 #pragma unroll
-    for (int e = 0; e < kVecElems; ++e) sum_sq += (v[i][e] - mean) * (v[i][e] - mean);
+    for (int e = 0; e < kVecElems; ++e) sum_sq += (v[e] - mean) * (v[e] - mean);
   }
   const float rstd = rsqrtf(row_sum(sum_sq, layout.threads_per_row, scratch) / float(p.dim) + p.eps);
 
@@ -88,12 +111,13 @@ __global__ void __launch_bounds__(kBlockThreads)
   for (int i = 0; i < kMaxVecsPerThread; ++i) {
     const int64_t c = t + int64_t(i) * layout.threads_per_row;
     if (!(row_ok && i < layout.vecs_per_thread && c < chunks)) continue;
-    float shift[kVecElems], scale[kVecElems], y[kVecElems];
-    load8(p.shift.at(b, s) + c * kVecElems, shift);
-    load8(p.scale.at(b, s) + c * kVecElems, scale);
+    float v[kVecElems], sh[kVecElems], sc[kVecElems];
+    unpack8<T>(v_raw[i], v);
+    unpack8<T>(shift_raw[i], sh);
+    unpack8<T>(scale_raw[i], sc);
 #pragma unroll
-    for (int e = 0; e < kVecElems; ++e) y[e] = (v[i][e] - mean) * rstd * (1.f + scale[e]) + shift[e];
-    store8(p.y_out + row_offset + c * kVecElems, y);
+    for (int e = 0; e < kVecElems; ++e) v[e] = (v[e] - mean) * rstd * (1.f + sc[e]) + sh[e];
+    store8(p.y_out + row_offset + c * kVecElems, v);
   }
 }
 

@@ -23,23 +23,33 @@ struct RmsNormParams {
 };
 
 template <typename T>
-__global__ void __launch_bounds__(kBlockThreads) rms_norm_kernel(RmsNormParams<T> p, RowLayout layout) {
-  __shared__ float scratch[kBlockThreads / 32];
+__global__ void __launch_bounds__(kMaxBlockThreads) rms_norm_kernel(RmsNormParams<T> p, RowLayout layout) {
+  __shared__ float scratch[kMaxBlockThreads / 32];
   const int t = threadIdx.x % layout.threads_per_row;
   const int64_t row = int64_t(blockIdx.x) * layout.rows_per_block + threadIdx.x / layout.threads_per_row;
   const bool row_ok = row < p.rows;
   const int64_t chunks = p.dim / kVecElems;
   const T* x = p.x + row * p.x_row_stride;
 
-  float v[kMaxVecsPerThread][kVecElems];
+  // Every load of the row (x and weight) is issued before the reduction; values stay packed.
+  uint4 x_raw[kMaxVecsPerThread], w_raw[kMaxVecsPerThread];
   float sum_sq = 0.f;
 #pragma unroll
   for (int i = 0; i < kMaxVecsPerThread; ++i) {
     const int64_t c = t + int64_t(i) * layout.threads_per_row;
     if (row_ok && i < layout.vecs_per_thread && c < chunks) {
-      load8(x + c * kVecElems, v[i]);
+      x_raw[i] = load_raw(x + c * kVecElems);
+      if (p.weight != nullptr) w_raw[i] = load_raw(p.weight + c * kVecElems);
+    }
+  }
 #pragma unroll
-      for (int e = 0; e < kVecElems; ++e) sum_sq += v[i][e] * v[i][e];
+  for (int i = 0; i < kMaxVecsPerThread; ++i) {
+    const int64_t c = t + int64_t(i) * layout.threads_per_row;
+    if (row_ok && i < layout.vecs_per_thread && c < chunks) {
+      float v[kVecElems];
+      unpack8<T>(x_raw[i], v);
+#pragma unroll
+      for (int e = 0; e < kVecElems; ++e) sum_sq += v[e] * v[e];
     }
   }
   sum_sq = row_sum(sum_sq, layout.threads_per_row, scratch);
@@ -49,17 +59,17 @@ __global__ void __launch_bounds__(kBlockThreads) rms_norm_kernel(RmsNormParams<T
   for (int i = 0; i < kMaxVecsPerThread; ++i) {
     const int64_t c = t + int64_t(i) * layout.threads_per_row;
     if (!(row_ok && i < layout.vecs_per_thread && c < chunks)) continue;
-    float w[kVecElems];
+    float v[kVecElems], w[kVecElems];
+    unpack8<T>(x_raw[i], v);
     if (p.weight != nullptr) {
-      load8(p.weight + c * kVecElems, w);
+      unpack8<T>(w_raw[i], w);
     } else {
 #pragma unroll
       for (int e = 0; e < kVecElems; ++e) w[e] = 1.f;
     }
-    float y[kVecElems];
 #pragma unroll
-    for (int e = 0; e < kVecElems; ++e) y[e] = v[i][e] * inv_rms * w[e];
-    store8(p.out + row * p.dim + c * kVecElems, y);
+    for (int e = 0; e < kVecElems; ++e) v[e] = v[e] * inv_rms * w[e];
+    store8(p.out + row * p.dim + c * kVecElems, v);
   }
 }
 

@@ -73,8 +73,8 @@ __device__ __forceinline__ void rotate8(float (&v)[kVecElems], int pos, const fl
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kBlockThreads) qk_norm_rope_kernel(QkNormRopeParams<T> p, RowLayout layout) {
-  __shared__ float scratch[kBlockThreads / 32];
+__global__ void __launch_bounds__(kMaxBlockThreads) qk_norm_rope_kernel(QkNormRopeParams<T> p, RowLayout layout) {
+  __shared__ float scratch[kMaxBlockThreads / 32];
   const bool is_k = blockIdx.y == 1;
   T* base = is_k ? p.k : p.q;
   const T* weight = is_k ? p.k_weight : p.q_weight;
@@ -88,19 +88,30 @@ __global__ void __launch_bounds__(kBlockThreads) qk_norm_rope_kernel(QkNormRopeP
   const int64_t chunks = int64_t(p.heads) * chunks_per_head;
   T* row = base + token * token_stride;
 
-  float v[kMaxVecsPerThread][kVecElems];
-  float sq[kMaxVecsPerThread];
+  // The token's chunks (and their norm weights) stay packed in registers; every load is issued before
+  // the reduction.
+  const bool has_weight = p.norm != QkNorm::kNone && weight != nullptr;
+  uint4 v_raw[kMaxVecsPerThread], w_raw[kMaxVecsPerThread];
 #pragma unroll
   for (int i = 0; i < kMaxVecsPerThread; ++i) {
     const int64_t c = t + int64_t(i) * layout.threads_per_row;
+    v_raw[i] = make_uint4(0, 0, 0, 0);  // zeros: an absent chunk adds nothing to the sums
+    if (row_ok && i < layout.vecs_per_thread && c < chunks) {
+      v_raw[i] = load_raw(row + c * kVecElems);
+      if (has_weight) {
+        const int64_t w_offset = p.norm == QkNorm::kPerHead ? (c % chunks_per_head) * kVecElems : c * kVecElems;
+        w_raw[i] = load_raw(weight + w_offset);
+      }
+    }
+  }
+  float sq[kMaxVecsPerThread];
+#pragma unroll
+  for (int i = 0; i < kMaxVecsPerThread; ++i) {
+    float v[kVecElems];
+    unpack8<T>(v_raw[i], v);
     sq[i] = 0.f;
 #pragma unroll
-    for (int e = 0; e < kVecElems; ++e) v[i][e] = 0.f;
-    if (row_ok && i < layout.vecs_per_thread && c < chunks) {
-      load8(row + c * kVecElems, v[i]);
-#pragma unroll
-      for (int e = 0; e < kVecElems; ++e) sq[i] += v[i][e] * v[i][e];
-    }
+    for (int e = 0; e < kVecElems; ++e) sq[i] += v[e] * v[e];
   }
 
   // The normalization factor of each held chunk. Shuffles run on every lane (uniform branches).
@@ -132,16 +143,18 @@ __global__ void __launch_bounds__(kBlockThreads) qk_norm_rope_kernel(QkNormRopeP
     const int64_t c = t + int64_t(i) * layout.threads_per_row;
     const bool active = row_ok && c < chunks;
     const int pos = int(c % chunks_per_head);
+    float v[kVecElems];
+    unpack8<T>(v_raw[i], v);
 #pragma unroll
-    for (int e = 0; e < kVecElems; ++e) v[i][e] *= inv[i];
-    if (active && p.norm != QkNorm::kNone && weight != nullptr) {
+    for (int e = 0; e < kVecElems; ++e) v[e] *= inv[i];
+    if (active && has_weight) {
       float w[kVecElems];
-      load8(weight + (p.norm == QkNorm::kPerHead ? pos * kVecElems : c * kVecElems), w);
+      unpack8<T>(w_raw[i], w);
 #pragma unroll
-      for (int e = 0; e < kVecElems; ++e) v[i][e] *= w[e];
+      for (int e = 0; e < kVecElems; ++e) v[e] *= w[e];
     }
-    if (active || p.style == RopeStyle::kHalf) rotate8<T>(v[i], pos, cos_row, sin_row, p.head_dim, p.style);
-    if (active) store8(row + c * kVecElems, v[i]);
+    if (active || p.style == RopeStyle::kHalf) rotate8<T>(v, pos, cos_row, sin_row, p.head_dim, p.style);
+    if (active) store8(row + c * kVecElems, v);
   }
 }
 

@@ -39,8 +39,7 @@ def _contiguous_aligned(t: torch.Tensor) -> torch.Tensor:
     return t if lib.aligned16(t) else t.clone()
 
 
-@torch.library.custom_op("fastdit::gated_residual_norm_modulate_cuda", mutates_args=())
-def _gated_cuda(
+def _gated_cuda_impl(
     residual: torch.Tensor, x: torch.Tensor, gate: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     residual, x = _contiguous_aligned(residual), _contiguous_aligned(x)
@@ -49,13 +48,17 @@ def _gated_cuda(
     return r, y
 
 
+_gated_cuda = torch.library.custom_op("fastdit::gated_residual_norm_modulate_cuda", mutates_args=())(
+    _gated_cuda_impl
+)
+
+
 @_gated_cuda.register_fake
 def _(residual, x, gate, shift, scale, eps):
     return torch.empty(x.shape, dtype=x.dtype, device=x.device), torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 
-@torch.library.custom_op("fastdit::gated_residual_norm_modulate_triton", mutates_args=())
-def _gated_triton(
+def _gated_triton_impl(
     residual: torch.Tensor, x: torch.Tensor, gate: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     from fastdit.triton_kernels.layer_norm_modulate import modulated_layer_norm
@@ -64,6 +67,11 @@ def _gated_triton(
     r, y = torch.empty_like(x), torch.empty_like(x)
     modulated_layer_norm(x, residual, gate, shift, scale, r, y, eps)
     return r, y
+
+
+_gated_triton = torch.library.custom_op("fastdit::gated_residual_norm_modulate_triton", mutates_args=())(
+    _gated_triton_impl
+)
 
 
 @_gated_triton.register_fake
@@ -108,7 +116,7 @@ def gated_residual_norm_modulate(
         lib.triton_common_reason(x),
     )
     if chosen == "cuda":
-        return _gated_cuda(residual, x, gate, shift, scale, eps)
+        return lib.eager_or_op(_gated_cuda, _gated_cuda_impl)(residual, x, gate, shift, scale, eps)
     if chosen == "triton":
-        return _gated_triton(residual, x, gate, shift, scale, eps)
+        return lib.eager_or_op(_gated_triton, _gated_triton_impl)(residual, x, gate, shift, scale, eps)
     return gated_residual_norm_modulate_ref(residual, x, gate, shift, scale, eps)

@@ -20,8 +20,7 @@ def gelu_tanh_ref(x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.gelu(x.float(), approximate="tanh").to(x.dtype)
 
 
-@torch.library.custom_op("fastdit::gelu_tanh_cuda", mutates_args=())
-def _gelu_tanh_cuda(x: torch.Tensor) -> torch.Tensor:
+def _gelu_tanh_cuda_impl(x: torch.Tensor) -> torch.Tensor:
     x = lib.fresh_if_misaligned(x.contiguous())
     out = torch.empty_like(x)
     fn = lib.export("fastdit_gelu_tanh", _EXPORT_ARGTYPES)
@@ -30,17 +29,24 @@ def _gelu_tanh_cuda(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+_gelu_tanh_cuda = torch.library.custom_op("fastdit::gelu_tanh_cuda", mutates_args=())(_gelu_tanh_cuda_impl)
+
+
 @_gelu_tanh_cuda.register_fake
 def _(x: torch.Tensor) -> torch.Tensor:
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 
-@torch.library.custom_op("fastdit::gelu_tanh_triton", mutates_args=())
-def _gelu_tanh_triton(x: torch.Tensor) -> torch.Tensor:
+def _gelu_tanh_triton_impl(x: torch.Tensor) -> torch.Tensor:
     from fastdit.triton_kernels.gelu_tanh import gelu_tanh as triton_gelu_tanh
 
     x = x.contiguous()
     return triton_gelu_tanh(x, torch.empty_like(x))
+
+
+_gelu_tanh_triton = torch.library.custom_op("fastdit::gelu_tanh_triton", mutates_args=())(
+    _gelu_tanh_triton_impl
+)
 
 
 @_gelu_tanh_triton.register_fake
@@ -72,7 +78,7 @@ def gelu_tanh(x: torch.Tensor, backend: str = "auto") -> torch.Tensor:
     """Elementwise tanh-approximated GELU of x (any shape), fp32 math, x's dtype."""
     chosen = lib.resolve_backend("gelu_tanh", backend, _cuda_reason(x), lib.triton_common_reason(x))
     if chosen == "cuda":
-        return _gelu_tanh_cuda(x)
+        return lib.eager_or_op(_gelu_tanh_cuda, _gelu_tanh_cuda_impl)(x)
     if chosen == "triton":
-        return _gelu_tanh_triton(x)
+        return lib.eager_or_op(_gelu_tanh_triton, _gelu_tanh_triton_impl)(x)
     return gelu_tanh_ref(x)

@@ -99,8 +99,7 @@ def launch_modulated_norm(
     lib.check(export_name.removeprefix("fastdit_"), status)
 
 
-@torch.library.custom_op("fastdit::layer_norm_modulate_cuda", mutates_args=())
-def _layer_norm_modulate_cuda(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
+def _layer_norm_modulate_cuda_impl(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
     x = x.contiguous()
     if not lib.aligned16(x):
         x = x.clone()
@@ -109,13 +108,17 @@ def _layer_norm_modulate_cuda(x: torch.Tensor, shift: torch.Tensor, scale: torch
     return y
 
 
+_layer_norm_modulate_cuda = torch.library.custom_op("fastdit::layer_norm_modulate_cuda", mutates_args=())(
+    _layer_norm_modulate_cuda_impl
+)
+
+
 @_layer_norm_modulate_cuda.register_fake
 def _(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 
-@torch.library.custom_op("fastdit::layer_norm_modulate_triton", mutates_args=())
-def _layer_norm_modulate_triton(
+def _layer_norm_modulate_triton_impl(
     x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float
 ) -> torch.Tensor:
     from fastdit.triton_kernels.layer_norm_modulate import modulated_layer_norm
@@ -124,6 +127,11 @@ def _layer_norm_modulate_triton(
     y = torch.empty_like(x)
     modulated_layer_norm(x, None, None, shift, scale, None, y, eps)
     return y
+
+
+_layer_norm_modulate_triton = torch.library.custom_op("fastdit::layer_norm_modulate_triton", mutates_args=())(
+    _layer_norm_modulate_triton_impl
+)
 
 
 @_layer_norm_modulate_triton.register_fake
@@ -175,7 +183,7 @@ def layer_norm_modulate(
         "layer_norm_modulate", backend, modulation_cuda_reason(x, shift, scale), lib.triton_common_reason(x)
     )
     if chosen == "cuda":
-        return _layer_norm_modulate_cuda(x, shift, scale, eps)
+        return lib.eager_or_op(_layer_norm_modulate_cuda, _layer_norm_modulate_cuda_impl)(x, shift, scale, eps)
     if chosen == "triton":
-        return _layer_norm_modulate_triton(x, shift, scale, eps)
+        return lib.eager_or_op(_layer_norm_modulate_triton, _layer_norm_modulate_triton_impl)(x, shift, scale, eps)
     return layer_norm_modulate_ref(x, shift, scale, eps)

@@ -99,8 +99,7 @@ def _token_stride(t: torch.Tensor) -> int:
     return t.stride(1) if t.shape[1] > 1 else (t.stride(0) if t.shape[0] > 1 else t.shape[2] * t.shape[3])
 
 
-@torch.library.custom_op("fastdit::qk_norm_rope_cuda", mutates_args=("q", "k"))
-def _qk_norm_rope_cuda(
+def _qk_norm_rope_cuda_impl(
     q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor | None, k_weight: torch.Tensor | None,
     cos: torch.Tensor, sin: torch.Tensor, style: str, norm: str, eps: float,
 ) -> None:
@@ -127,13 +126,17 @@ def _qk_norm_rope_cuda(
         k.copy_(k_run)
 
 
+_qk_norm_rope_cuda = torch.library.custom_op("fastdit::qk_norm_rope_cuda", mutates_args=("q", "k"))(
+    _qk_norm_rope_cuda_impl
+)
+
+
 @_qk_norm_rope_cuda.register_fake
 def _(q, k, q_weight, k_weight, cos, sin, style, norm, eps) -> None:
     return None
 
 
-@torch.library.custom_op("fastdit::qk_norm_rope_triton", mutates_args=("q", "k"))
-def _qk_norm_rope_triton(
+def _qk_norm_rope_triton_impl(
     q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor | None, k_weight: torch.Tensor | None,
     cos: torch.Tensor, sin: torch.Tensor, style: str, norm: str, eps: float,
 ) -> None:
@@ -142,6 +145,11 @@ def _qk_norm_rope_triton(
     triton_qk_norm_rope(
         q, k, q_weight, k_weight, cos.float().contiguous(), sin.float().contiguous(), style == "interleaved", norm, eps
     )
+
+
+_qk_norm_rope_triton = torch.library.custom_op("fastdit::qk_norm_rope_triton", mutates_args=("q", "k"))(
+    _qk_norm_rope_triton_impl
+)
 
 
 @_qk_norm_rope_triton.register_fake
@@ -220,9 +228,11 @@ def qk_norm_rope(
     triton_reason = None if supports_triton(q, k) else "triton not runnable here or head dim not a power of 2 in [16, 256]"
     chosen = lib.resolve_backend("qk_norm_rope", backend, _cuda_reason(q, k, q_weight, k_weight), triton_reason)
     if chosen == "cuda":
-        _qk_norm_rope_cuda(q, k, q_weight, k_weight, cos, sin, style, norm, eps)
+        run = lib.eager_or_op(_qk_norm_rope_cuda, _qk_norm_rope_cuda_impl)
+        run(q, k, q_weight, k_weight, cos, sin, style, norm, eps)
     elif chosen == "triton":
-        _qk_norm_rope_triton(q, k, q_weight, k_weight, cos, sin, style, norm, eps)
+        run = lib.eager_or_op(_qk_norm_rope_triton, _qk_norm_rope_triton_impl)
+        run(q, k, q_weight, k_weight, cos, sin, style, norm, eps)
     else:
         qk_norm_rope_ref(q, k, q_weight, k_weight, cos, sin, style, norm, eps)
     return q, k

@@ -35,8 +35,7 @@ def _as_rows(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1])
 
 
-@torch.library.custom_op("fastdit::rms_norm_cuda", mutates_args=())
-def _rms_norm_cuda(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+def _rms_norm_cuda_impl(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
     rows = lib.rows_for_kernel(_as_rows(x))
     weight = lib.fresh_if_misaligned(weight)
     out = torch.empty(rows.shape, dtype=x.dtype, device=x.device)
@@ -47,18 +46,25 @@ def _rms_norm_cuda(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> 
     return out.view(x.shape)
 
 
+_rms_norm_cuda = torch.library.custom_op("fastdit::rms_norm_cuda", mutates_args=())(_rms_norm_cuda_impl)
+
+
 @_rms_norm_cuda.register_fake
 def _(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 
-@torch.library.custom_op("fastdit::rms_norm_triton", mutates_args=())
-def _rms_norm_triton(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+def _rms_norm_triton_impl(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
     from fastdit.triton_kernels import rms_norm as triton_rms_norm
 
     rows = _as_rows(x)
     out = torch.empty(rows.shape, dtype=x.dtype, device=x.device)
     return triton_rms_norm.rms_norm(rows, weight, out, eps).view(x.shape)
+
+
+_rms_norm_triton = torch.library.custom_op("fastdit::rms_norm_triton", mutates_args=())(
+    _rms_norm_triton_impl
+)
 
 
 @_rms_norm_triton.register_fake
@@ -108,7 +114,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float = 1e-6, ba
     _check(x, weight)
     chosen = lib.resolve_backend("rms_norm", backend, _cuda_reason(x, weight), _triton_reason(x, weight))
     if chosen == "cuda":
-        return _rms_norm_cuda(x, weight, eps)
+        return lib.eager_or_op(_rms_norm_cuda, _rms_norm_cuda_impl)(x, weight, eps)
     if chosen == "triton":
-        return _rms_norm_triton(x, weight, eps)
+        return lib.eager_or_op(_rms_norm_triton, _rms_norm_triton_impl)(x, weight, eps)
     return rms_norm_ref(x, weight, eps)

@@ -44,8 +44,7 @@ def timestep_embedding_ref(
     return emb
 
 
-@torch.library.custom_op("fastdit::timestep_embedding_cuda", mutates_args=())
-def _timestep_embedding_cuda(
+def _timestep_embedding_cuda_impl(
     t: torch.Tensor, dim: int, flip_sin_to_cos: bool, downscale_freq_shift: float, scale: float, max_period: float
 ) -> torch.Tensor:
     t = t.float().contiguous()
@@ -57,13 +56,17 @@ def _timestep_embedding_cuda(
     return out
 
 
+_timestep_embedding_cuda = torch.library.custom_op("fastdit::timestep_embedding_cuda", mutates_args=())(
+    _timestep_embedding_cuda_impl
+)
+
+
 @_timestep_embedding_cuda.register_fake
 def _(t, dim, flip_sin_to_cos, downscale_freq_shift, scale, max_period):
     return torch.empty((t.shape[0], dim), dtype=torch.float32, device=t.device)
 
 
-@torch.library.custom_op("fastdit::timestep_embedding_triton", mutates_args=())
-def _timestep_embedding_triton(
+def _timestep_embedding_triton_impl(
     t: torch.Tensor, dim: int, flip_sin_to_cos: bool, downscale_freq_shift: float, scale: float, max_period: float
 ) -> torch.Tensor:
     from fastdit.triton_kernels.timestep_embedding import timestep_embedding as triton_timestep_embedding
@@ -71,6 +74,11 @@ def _timestep_embedding_triton(
     t = t.float().contiguous()
     out = torch.empty((t.shape[0], dim), dtype=torch.float32, device=t.device)
     return triton_timestep_embedding(t, out, flip_sin_to_cos, downscale_freq_shift, scale, max_period)
+
+
+_timestep_embedding_triton = torch.library.custom_op("fastdit::timestep_embedding_triton", mutates_args=())(
+    _timestep_embedding_triton_impl
+)
 
 
 @_timestep_embedding_triton.register_fake
@@ -120,7 +128,7 @@ def timestep_embedding(
     chosen = lib.resolve_backend("timestep_embedding", backend, _cuda_reason(t), triton_reason)
     args = (t, dim, bool(flip_sin_to_cos), float(downscale_freq_shift), float(scale), float(max_period))
     if chosen == "cuda":
-        return _timestep_embedding_cuda(*args)
+        return lib.eager_or_op(_timestep_embedding_cuda, _timestep_embedding_cuda_impl)(*args)
     if chosen == "triton":
-        return _timestep_embedding_triton(*args)
+        return lib.eager_or_op(_timestep_embedding_triton, _timestep_embedding_triton_impl)(*args)
     return timestep_embedding_ref(*args)
