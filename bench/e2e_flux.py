@@ -22,6 +22,7 @@ import time
 import torch
 
 from fastdit import Pipeline
+from fastdit.models.dits.flux import flux_checkpoint_state_dict
 from fastdit.pipelines.flux import latent_image_ids, unpack_latents
 from fastdit.pipelines.request import GenerationRequest
 
@@ -61,11 +62,11 @@ def wall_and_peak(fn, device: torch.device):
     return out, (time.perf_counter() - t0) * 1e3, peak
 
 
-def diffusers_twin(cls, config: dict, module: torch.nn.Module) -> torch.nn.Module:
-    """A diffusers model whose parameters ARE `module`'s tensors, built on the meta device first."""
+def diffusers_twin(cls, config: dict, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """A diffusers model whose parameters ARE the tensors of `state` (checkpoint keys), built on the meta device."""
     with torch.device("meta"):
         twin = cls.from_config(config)
-    twin.load_state_dict(module.state_dict(), strict=True, assign=True)
+    twin.load_state_dict(state, strict=True, assign=True)
     return twin.eval()
 
 
@@ -76,10 +77,12 @@ def diffusers_peer(pipe: Pipeline):
     c = pipe.recipe.components
     peer = FluxPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler.from_config(c.scheduler_config.to_dict()),
-        vae=diffusers_twin(AutoencoderKL, c.vae.config.to_dict(), c.vae),
+        vae=diffusers_twin(AutoencoderKL, c.vae.config.to_dict(), c.vae.state_dict()),
         text_encoder=c.text_encoder.model, tokenizer=c.text_encoder.tokenizer,
         text_encoder_2=c.text_encoder_2.model, tokenizer_2=c.text_encoder_2.tokenizer,
-        transformer=diffusers_twin(FluxTransformer2DModel, c.transformer.config.to_dict(), c.transformer),
+        # the fused model's checkpoint keys as views of its fused tensors: still no second copy
+        transformer=diffusers_twin(FluxTransformer2DModel, c.transformer.config.to_dict(),
+                                   flux_checkpoint_state_dict(c.transformer)),
     )
     peer.set_progress_bar_config(disable=True)
     return peer
@@ -89,41 +92,63 @@ def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
-def bench_side(name, pipe, peer, batch, args, latents, device) -> dict:
-    """One row: DiT step, text encode, VAE decode, end to end per step count, for fastdit or diffusers."""
-    recipe, prompts = pipe.recipe, [PROMPT] * batch
-    h2, w2 = 2 * (args.height // (2 * recipe.vae_scale_factor)), 2 * (args.width // (2 * recipe.vae_scale_factor))
-    embeds, pooled = recipe.encode_prompts(prompts, 1)
+def component_calls(name: str, pipe, peer, prompts: list[str], latents: torch.Tensor, height: int, width: int):
+    """(one DiT step, text encoding, VAE decode) as zero-argument calls on identical inputs for one side."""
+    recipe, batch, device = pipe.recipe, latents.shape[0], latents.device
+    f2 = 2 * recipe.vae_scale_factor
+    h2, w2 = 2 * (height // f2), 2 * (width // f2)  # unpacked latent sides
+    embeds, pooled = recipe.encode_prompts(prompts, 1)  # [B, 512, 4096], [B, 768]
     txt_ids = torch.zeros(embeds.shape[1], 3, device=device, dtype=pipe.dtype)
     img_ids = latent_image_ids(h2 // 2, w2 // 2, device, pipe.dtype)
     t = torch.full([batch], 0.5, device=device, dtype=pipe.dtype)
     guidance = torch.full([batch], 3.5, device=device, dtype=torch.float32)
     z = unpack_latents(latents, h2, w2) / recipe.vae.config.scaling_factor + recipe.vae.config.shift_factor
+    if name == "fastdit":
+        rope = recipe.transformer.rope(img_ids, txt_ids)  # once per request, as the recipe does
+
+        def step():
+            return recipe.transformer(latents, embeds, pooled, t, img_ids, txt_ids, guidance, rope=rope)
+
+        return step, lambda: recipe.encode_prompts(prompts, 1), lambda: recipe.vae.decode(z)
+
+    def peer_step():
+        return peer.transformer(hidden_states=latents, encoder_hidden_states=embeds, pooled_projections=pooled,
+                                timestep=t, img_ids=img_ids, txt_ids=txt_ids, guidance=guidance, return_dict=False)
+
+    return (peer_step, lambda: peer.encode_prompt(prompts, prompt_2=None, device=device),
+            lambda: peer.vae.decode(z, return_dict=False))
+
+
+def pipeline_call(name: str, pipe, peer, prompts: list[str], latents: torch.Tensor, **kwargs):
+    """The whole pipeline (prompt -> PIL images) from `latents`, returning the final packed latents."""
+    if name == "fastdit":
+        request = GenerationRequest(prompt=prompts, latents=latents, **kwargs)
+        return lambda: pipe.run(request, show_progress=False).latents
+    final = {}
+
+    def keep_latents(_pipe, _step, _t, tensors):
+        final["latents"] = tensors["latents"]  # after the scheduler step: at the last step, the final latents
+        return {}
+
+    def run():
+        peer(prompts, latents=latents, callback_on_step_end=keep_latents, **kwargs)
+        return final["latents"]
+
+    return run
+
+
+def bench_side(name, pipe, peer, batch, args, latents, device) -> dict:
+    """One row: DiT step, text encode, VAE decode, end to end per step count, for fastdit or diffusers."""
+    prompts = [PROMPT] * batch
     row = {"side": name, "batch": batch}
     with torch.inference_mode():
-        if name == "fastdit":
-            rope = recipe.transformer.rope(img_ids, txt_ids)
-            step = lambda: recipe.transformer(latents, embeds, pooled, t, img_ids, txt_ids, guidance, rope=rope)  # noqa: E731
-            encode = lambda: recipe.encode_prompts(prompts, 1)  # noqa: E731
-            decode = lambda: recipe.vae.decode(z)  # noqa: E731
-        else:
-            step = lambda: peer.transformer(hidden_states=latents, encoder_hidden_states=embeds,  # noqa: E731
-                                            pooled_projections=pooled, timestep=t, img_ids=img_ids, txt_ids=txt_ids,
-                                            guidance=guidance, return_dict=False)
-            encode = lambda: peer.encode_prompt(prompts, prompt_2=None, device=device)  # noqa: E731
-            decode = lambda: peer.vae.decode(z, return_dict=False)  # noqa: E731
+        step, encode, decode = component_calls(name, pipe, peer, prompts, latents, args.height, args.width)
         row["dit_step_ms"] = time_ms(step, args.iters, device, warmup=args.warmup)
         row["text_encode_ms"] = time_ms(encode, args.iters, device)
         row["vae_decode_ms"] = time_ms(decode, max(1, args.iters // 3), device)
     for steps in args.steps:
-        kwargs = dict(height=args.height, width=args.width, num_inference_steps=steps, guidance_scale=3.5)
-        if name == "fastdit":
-            request = GenerationRequest(prompt=prompts, latents=latents, **kwargs)
-            run = lambda: pipe.run(request, show_progress=False).latents  # noqa: E731
-        else:
-            final = {}
-            keep = lambda p, i, t, kw: final.update(latents=kw["latents"]) or {}  # noqa: E731
-            run = lambda: peer(prompts, latents=latents, callback_on_step_end=keep, **kwargs) and final["latents"]  # noqa: E731
+        run = pipeline_call(name, pipe, peer, prompts, latents, height=args.height, width=args.width,
+                            num_inference_steps=steps, guidance_scale=3.5)
         out, row[f"e2e_{steps}_ms"], row[f"peak_{steps}_gib"] = wall_and_peak(run, device)
         row[f"latents_{steps}"] = out
         row[f"finite_{steps}"] = bool(torch.isfinite(out).all())
