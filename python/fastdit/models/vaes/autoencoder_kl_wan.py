@@ -93,8 +93,8 @@ class CausalConv3d(nn.Conv3d):
         super().__init__(in_dim, out_dim, kernel, stride=stride, padding=padding)
         p_t, p_h, p_w = self.padding
         self.causal_t = 2 * p_t
-        self.spatial_pad = (p_w, p_w, p_h, p_h)
-        self.padding = (0, 0, 0)
+        # time is padded by hand (cache or zeros, in front only); space by the convolution itself, no copy
+        self.padding = (0, p_h, p_w)
 
     def forward(self, x: torch.Tensor, stream: Stream | None = None) -> torch.Tensor:
         if self.causal_t:
@@ -105,7 +105,7 @@ class CausalConv3d(nn.Conv3d):
                 x = torch.cat([prev, x], dim=2)
             if stream is not None:
                 stream[self] = x[:, :, -self.causal_t:].clone()
-        return super().forward(F.pad(x, self.spatial_pad) if any(self.spatial_pad) else x)
+        return super().forward(x)
 
 
 class ChannelRMSNorm(nn.Module):
