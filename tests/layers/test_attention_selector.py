@@ -21,7 +21,8 @@ def installed(monkeypatch):
     """Pretend exactly the named modules are importable and our kernel library is built."""
     def set_installed(*modules, library=True):
         monkeypatch.setattr(backends, "importable", lambda m: m in modules)
-        monkeypatch.setattr(backends.attention_op, "_library", lambda: object() if library else None)
+        reason = None if library else "the kernel library is not loaded (looked at /nowhere)"
+        monkeypatch.setattr(backends.attention_op, "library_reason", lambda: reason)
     return set_installed
 
 
@@ -76,11 +77,29 @@ def test_forced_backend_that_cannot_run_says_why_and_which_would(installed, back
 
 def test_fastdit_needs_the_library_on_hopper(installed):
     installed("triton", library=False)
-    with pytest.raises(ValueError, match="kernel library .* not built"):
+    with pytest.raises(ValueError, match="kernel library is not loaded .*; 'sdpa-cudnn' would"):
         selector.choose("fastdit", H100)
     installed("triton", library=True)
     assert selector.choose("fastdit", H100) == selector.Choice("fastdit", "forced")
     assert selector.choose("fastdit", A100).backend == "fastdit"  # the Triton FA2-class path
+
+
+def test_library_built_without_cutlass(monkeypatch):
+    """pip's isolated build (CI) has no CUTLASS headers: the library loads without fastdit_attention_fwd.
+    Forcing fastdit says so in one line and names cuDNN; auto picks cuDNN at every length."""
+    class LibraryWithoutAttention:
+        pass
+
+    monkeypatch.setattr(backends, "importable", lambda m: m == "triton")
+    monkeypatch.setattr(backends.attention_op._lib, "library", lambda: LibraryWithoutAttention())
+    assert backends.why_not("fastdit", H100) == backends.attention_op.NO_CUTLASS
+    with pytest.raises(ValueError, match="cannot run here: the kernel library was built without CUTLASS headers.*"
+                                         "pip install nvidia-cutlass.*; 'sdpa-cudnn' would") as err:
+        selector.choose("fastdit", H100)
+    assert "\n" not in str(err.value)
+    choice = selector.choose("auto", H100)
+    assert (choice.backend, choice.short_backend, choice.min_keys) == ("sdpa-cudnn", None, 0)
+    assert selector.choose("fastdit", A100).backend == "fastdit"  # off Hopper ours is Triton: no library needed
 
 
 def test_fa4_only_on_sm90_sm100(installed):
@@ -124,20 +143,49 @@ def test_attention_with_lse_on_cpu():
     torch.testing.assert_close(out, attn.attention(q, k, v), rtol=1e-5, atol=1e-5)
 
 
+def _reference(q, k, v):
+    s = torch.einsum("bihd,bjhd->bhij", q.float(), k.float()) / q.shape[-1] ** 0.5
+    return torch.einsum("bhij,bjhd->bihd", s.softmax(-1), v.float()), s.logsumexp(-1)
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend", ["fastdit", "triton", "sdpa", "sdpa-cudnn"])
-def test_backends_agree_on_gpu(backend):
+@pytest.mark.parametrize("backend", backends.BACKENDS)
+@pytest.mark.parametrize("d", [64, 128])
+def test_backends_agree_on_gpu(backend, d):
     """Every backend that can run here gives the same out and lse (lse layout [B, H, Sq]) as the reference."""
-    info = selector.device_info("cuda", torch.bfloat16, 128)
+    info = selector.device_info("cuda", torch.bfloat16, d)
     if backends.why_not(backend, info) is not None:
         pytest.skip(backends.why_not(backend, info))
     g = torch.Generator(device="cpu").manual_seed(0)
-    q, k, v = (torch.randn(2, s, 3, 128, generator=g).to("cuda", torch.bfloat16) for s in (300, 517, 517))
-    op = attn.make_attention_op(backend, "cuda", torch.bfloat16, 128)
+    q, k, v = (torch.randn(2, s, 3, d, generator=g).to("cuda", torch.bfloat16) for s in (300, 517, 517))
+    op = attn.make_attention_op(backend, "cuda", torch.bfloat16, d)
     out, lse = op.with_lse(q, k, v)
-    s = torch.einsum("bihd,bjhd->bhij", q.float(), k.float()) / 128 ** 0.5
-    ref = torch.einsum("bhij,bjhd->bihd", s.softmax(-1), v.float())
-    assert out.shape == q.shape and lse.shape == (2, 3, 300)
+    ref, ref_lse = _reference(q, k, v)
+    assert out.shape == q.shape and lse.shape == (2, 3, 300) and lse.dtype == torch.float32
     assert ((out.float() - ref).norm() / ref.norm()).item() < 1e-2
-    assert (lse - s.logsumexp(-1)).abs().max().item() < 2e-2
+    assert (lse - ref_lse).abs().max().item() < 2e-2
     torch.testing.assert_close(op(q, k, v), out)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("num_keys", [4608, 16896])
+def test_auto_op_under_cuda_graph(num_keys):
+    """The auto op on both sides of the table's key-length rule, captured once and replayed on new inputs."""
+    op = attn.make_attention_op("auto", "cuda", torch.bfloat16, 128)
+    q = torch.randn(1, 512, 2, 128, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(1, num_keys, 2, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        op(q, k, v)  # warm up outside the capture (cuDNN plans, lazy loads)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = op(q, k, v)
+    q.copy_(torch.randn_like(q))
+    out.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    ref, _ = _reference(q, k, v)
+    assert ((out.float() - ref).norm() / ref.norm()).item() < 1e-2
+    torch.testing.assert_close(out, op(q, k, v), atol=0, rtol=0)

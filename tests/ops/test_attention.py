@@ -4,13 +4,14 @@ shapes), argument checks, and, on an H100, our sm90 kernel at the model shapes (
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
 
 from fastdit.ops import attention as attention_op
+from fastdit.ops import _library
 from fastdit.ops.attention import attention_fwd, attention_ref
+from fastdit.triton_kernels.attention import attention_fwd as triton_attention_fwd
 
 from _op_testing import run_under_interpreter
 
@@ -27,19 +28,46 @@ def _rel(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
+def _reference(q, k, v, seqlens_k):
+    """attention_ref in fp32, in query chunks of at most 2^28 scores (the [B, H, Sq, Sk] matrix of a
+    32760-key self attention would not fit at once)."""
+    rows = max(1, (1 << 28) // (q.shape[0] * q.shape[2] * k.shape[1]))
+    parts = [attention_ref(q[:, i:i + rows].float(), k.float(), v.float(), seqlens_k)
+             for i in range(0, q.shape[1], rows)]
+    return torch.cat([p[0] for p in parts], dim=1), torch.cat([p[1] for p in parts], dim=2)
+
+
+def _poisoned_run(q, k, v, seqlens_k, backend):
+    """The backend's kernel writing into NaN-filled out and lse: an element it fails to write stays NaN."""
+    out = torch.full(q.shape, float("nan"), dtype=q.dtype, device=q.device)
+    lse = torch.full((q.shape[0], q.shape[2], q.shape[1]), float("nan"), dtype=torch.float32, device=q.device)
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    if backend == "cuda":
+        attention_op._launch_cuda(q, k, v, out, lse, seqlens_k, scale)
+    else:
+        triton_attention_fwd(q, k, v, out, lse, seqlens_k, scale)
+    return out, lse
+
+
 def _check_against_ref(q, k, v, seqlens_k, backend, factor=3.0):
-    """The kernel's error vs the fp32 reference is within `factor` x torch's own low-precision error
-    (the reference computed from the same inputs, rounded to the input dtype) plus a small floor."""
-    out, lse = attention_fwd(q, k, v, seqlens_k=seqlens_k, return_lse=True, backend=backend)
-    ref, ref_lse = attention_ref(q.float(), k.float(), v.float(), seqlens_k)
+    """The kernel, run into poisoned outputs, against the fp32 reference: its relative L2 error is within
+    `factor` x torch's own rounding error (the reference rounded to the input dtype) plus a small floor,
+    the LSE within 2e-2 (-inf exactly where a batch has no keys), and the public attention_fwd returns the
+    same bits."""
+    out, lse = _poisoned_run(q, k, v, seqlens_k, backend)
+    ref, ref_lse = _reference(q, k, v, seqlens_k)
+    assert not torch.isnan(out).any() and not torch.isnan(lse).any(), "an output element was not written"
     torch_err = _rel(ref.to(q.dtype), ref) if q.dtype != torch.float32 else 0.0
-    assert out.shape == q.shape and out.dtype == q.dtype
+    floor = 2e-3 if q.dtype != torch.float32 else 1e-4
     assert torch.isfinite(out).all()
-    assert _rel(out, ref) <= factor * torch_err + 2e-3, (_rel(out, ref), torch_err)
-    assert lse.shape == (q.shape[0], q.shape[2], q.shape[1]) and lse.dtype == torch.float32
+    assert _rel(out, ref) <= factor * torch_err + floor, (_rel(out, ref), torch_err)
     finite = torch.isfinite(ref_lse)
     assert torch.equal(finite, torch.isfinite(lse))
     assert (lse[finite] - ref_lse[finite]).abs().max().item() <= 2e-2
+    public_out, public_lse = attention_fwd(q, k, v, seqlens_k=seqlens_k, return_lse=True, backend=backend)
+    assert public_out.shape == q.shape and public_out.dtype == q.dtype
+    assert public_lse.shape == (q.shape[0], q.shape[2], q.shape[1]) and public_lse.dtype == torch.float32
+    assert torch.equal(public_out, out) and torch.equal(public_lse, lse)
     return out, lse
 
 
@@ -98,12 +126,40 @@ def test_argument_errors(make, message):
         attention_fwd(q, k, v, seqlens_k=seqlens, backend="torch")
 
 
-def test_forced_cuda_on_cpu_says_why():
+def test_forced_cuda_on_cpu_says_why_and_which_would():
     q, k, v = _qkv(1, 5, 6, 2, 64, torch.bfloat16, "cpu")
-    with pytest.raises(ValueError, match="backend='cuda' needs an sm90 GPU"):
+    expected = r"backend='cuda' cannot run this call: q is on cpu.*\(backend='torch' would\)"
+    with pytest.raises(ValueError, match=expected) as err:
         attention_fwd(q, k, v, backend="cuda")
+    assert "\n" not in str(err.value)
     with pytest.raises(ValueError, match="not one of"):
         attention_fwd(q, k, v, backend="flash")
+    with pytest.raises(ValueError, match=r"backend='triton' cannot run.*head dim 300 exceeds 256.*'torch' would"):
+        attention_fwd(*_qkv(1, 5, 6, 1, 300, torch.float32, "cpu"), backend="triton")
+
+
+class _LibraryWithoutAttention:
+    """A loaded kernel library built without CUTLASS: every other export, no fastdit_attention_fwd."""
+
+    def fastdit_rms_norm(self, *args):
+        raise AssertionError("not called")
+
+
+def test_library_built_without_cutlass_is_reported_and_auto_falls_back(monkeypatch):
+    monkeypatch.setattr(_library, "library", lambda: _LibraryWithoutAttention())
+    assert attention_op._library() is None
+    assert attention_op.library_reason() == attention_op.NO_CUTLASS
+    assert "built without CUTLASS" in attention_op.NO_CUTLASS and "nvidia-cutlass" in attention_op.NO_CUTLASS
+    q, k, v = _qkv(1, 5, 6, 2, 64, torch.bfloat16, "cpu")
+    with pytest.raises(ValueError, match="the kernel library was built without CUTLASS headers") as err:
+        attention_fwd(q, k, v, backend="cuda")
+    assert "\n" not in str(err.value) and "backend='torch' would" in str(err.value)
+    torch.testing.assert_close(attention_fwd(q, k, v), attention_ref(q, k, v)[0])  # auto: another backend
+
+
+def test_library_not_loaded_is_reported(monkeypatch):
+    monkeypatch.setattr(_library, "library", lambda: None)
+    assert attention_op.library_reason().startswith("the kernel library is not loaded (looked at ")
 
 
 def test_auto_on_cpu_is_reference():
@@ -116,81 +172,99 @@ def test_auto_on_cpu_is_reference():
 def _needs_sm90():
     if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("needs an sm90 GPU")
-    if attention_op._library() is None:
-        pytest.skip("kernel library with fastdit_attention_fwd not found (FASTDIT_KERNEL_LIBRARY)")
+    if attention_op.library_reason() is not None:
+        pytest.skip(attention_op.library_reason())
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("b,sq,sk,h,d", [
-    (1, 1, 1, 2, 128), (1, 77, 77, 3, 128), (1, 512, 512, 4, 128), (1, 4608, 4608, 4, 128), (2, 4096 + 512, 333, 2, 128),
-    (1, 4608, 512, 3, 128), (1, 32760, 32760, 1, 128), (2, 300, 1000, 3, 64), (1, 129, 4097, 2, 64), (3, 200, 201, 2, 128),
-])
+def test_sm90_kernel_is_in_the_library_on_hopper():
+    """On a Hopper GPU the installed library must carry the kernel (a wheel built without CUTLASS fails here,
+    where every other sm90 test would only skip)."""
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("needs an sm90 GPU")
+    assert attention_op.library_reason() is None, attention_op.library_reason()
+
+
+SM90_SHAPES = [  # (B, Sq, Sk, H, D)
+    (1, 1, 1, 2, 128), (2, 1, 1, 2, 64),                          # S = 1
+    (1, 77, 77, 3, 128), (2, 77, 77, 3, 64),                      # a text encoder's length
+    (1, 512, 512, 4, 128), (1, 512, 512, 4, 64),
+    (1, 4096 + 512, 4096 + 512, 4, 128), (2, 4608, 4608, 2, 64),  # FLUX-1024: 4096 image + 512 text tokens
+    (1, 32760, 32760, 1, 128), (1, 32760, 32760, 1, 64),          # Wan-1.3B 480p
+    (1, 32760, 512, 3, 128), (2, 32760, 512, 2, 64),              # Wan cross attention (512 text keys)
+    (3, 200, 201, 2, 128), (1, 1000, 193, 2, 128),                # not multiples of kBlockM 128 / kBlockN 192
+    (1, 129, 4097, 2, 64), (2, 300, 1000, 3, 64),                 # ... and of kBlockN 128 (D = 64)
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("b,sq,sk,h,d", SM90_SHAPES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_sm90_kernel_matches_reference(b, sq, sk, h, d, dtype):
     _needs_sm90()
-    if sq * sk > 4608 * 4608 and dtype == torch.float16:
-        pytest.skip("one dtype is enough at the largest shape")
-    q, k, v = _qkv(b, sq, sk, h, d, dtype, "cuda", seed=sq + sk)
-    if sq * sk > 4608 * 4608:  # fp32 reference on chunks of queries (memory)
-        out, lse = attention_fwd(q, k, v, return_lse=True, backend="cuda")
-        for i in range(0, sq, 4096):
-            ref, ref_lse = attention_ref(q[:, i:i + 4096].float(), k.float(), v.float())
-            assert _rel(out[:, i:i + 4096], ref) <= 3 * _rel(ref.to(dtype), ref) + 2e-3
-            assert (lse[:, :, i:i + 4096] - ref_lse).abs().max().item() <= 2e-2
-        return
+    q, k, v = _qkv(b, sq, sk, h, d, dtype, "cuda", seed=sq + sk + d)
     _check_against_ref(q, k, v, None, "cuda")
 
 
 @pytest.mark.gpu
-def test_sm90_kernel_varlen_poisoned_and_strided():
+@pytest.mark.parametrize("sq,sk,d,fused", [(700, 700, 128, True), (4608, 512, 64, False), (333, 4097, 128, False)])
+def test_sm90_kernel_varlen(sq, sk, d, fused):
+    """Per-batch key lengths (one batch with none), on fused-QKV strided views or separate tensors."""
     _needs_sm90()
-    qkv = torch.randn(3, 700, 3, 4, 128, device="cuda", dtype=torch.bfloat16)
-    q, k, v = qkv.unbind(2)
-    seqlens = torch.tensor([700, 129, 0], dtype=torch.int32, device="cuda")
+    if fused:
+        q, k, v = torch.randn(3, sq, 3, 4, d, device="cuda", dtype=torch.bfloat16).unbind(2)
+    else:
+        q, k, v = _qkv(3, sq, sk, 4, d, torch.bfloat16, "cuda", seed=sk)
+    seqlens = torch.tensor([sk, 129, 0], dtype=torch.int32, device="cuda")
     out, lse = _check_against_ref(q, k, v, seqlens, "cuda")
     assert torch.all(out[2] == 0) and torch.all(lse[2] == float("-inf"))
     # keys past the length do not change the result (they must be finite: P = 0 there, and 0 * NaN = NaN)
     k2, v2 = k.clone(), v.clone()
     k2[1, 129:], v2[1, 129:] = 1e4, -1e4
-    out2 = attention_fwd(q, k2, v2, seqlens_k=seqlens, backend="cuda")
-    torch.testing.assert_close(out2, out)
+    torch.testing.assert_close(attention_fwd(q, k2, v2, seqlens_k=seqlens, backend="cuda"), out, atol=0, rtol=0)
 
 
 @pytest.mark.gpu
-def test_sm90_kernel_writes_every_output_element():
+@pytest.mark.parametrize("d", [64, 128])
+def test_sm90_kernel_under_cuda_graph(d):
+    """Captured once, replayed on new inputs: out and LSE equal an eager call on those inputs."""
     _needs_sm90()
-    q, k, v = _qkv(2, 333, 517, 3, 128, torch.bfloat16, "cuda")
-    scale = 1 / math.sqrt(128)
-    out = torch.full_like(q, float("nan"))
-    lse = torch.full((2, 3, 333), float("nan"), device="cuda")
-    attention_op._launch_cuda(q, k, v, out, lse, None, scale)
-    assert torch.isfinite(out).all() and torch.isfinite(lse).all()
-
-
-@pytest.mark.gpu
-def test_sm90_kernel_under_cuda_graph():
-    _needs_sm90()
-    q, k, v = _qkv(1, 1000, 1000, 4, 128, torch.bfloat16, "cuda")
-    attention_fwd(q, k, v, backend="cuda")  # warm up outside the capture
+    q, k, v = _qkv(2, 1000, 777, 4, d, torch.bfloat16, "cuda")
+    seqlens = torch.tensor([777, 300], dtype=torch.int32, device="cuda")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        attention_fwd(q, k, v, seqlens_k=seqlens, return_lse=True, backend="cuda")  # warm up outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out = attention_fwd(q, k, v, backend="cuda")
-    q.copy_(torch.randn_like(q))
+        out, lse = attention_fwd(q, k, v, seqlens_k=seqlens, return_lse=True, backend="cuda")
+    for t in (q, k, v):
+        t.copy_(torch.randn_like(t))
+    out.fill_(float("nan"))
+    lse.fill_(float("nan"))
     graph.replay()
     torch.cuda.synchronize()
-    ref, _ = attention_ref(q.float(), k.float(), v.float())
+    eager_out, eager_lse = attention_fwd(q, k, v, seqlens_k=seqlens, return_lse=True, backend="cuda")
+    assert torch.equal(out, eager_out) and torch.equal(lse, eager_lse)
+    ref, _ = _reference(q, k, v, seqlens)
     assert _rel(out, ref) <= 3 * _rel(ref.to(q.dtype), ref) + 2e-3
 
 
+# GPU: the Triton FA2-class path (sm80: A100, L40, RTX 4090; run here on whatever GPU there is) ---------------
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("b,sq,sk,h,d", [(1, 77, 77, 2, 128), (2, 300, 1000, 3, 64), (1, 1000, 257, 2, 128)])
-def test_triton_on_gpu_matches_reference(b, sq, sk, h, d):
-    if not torch.cuda.is_available():
-        pytest.skip("needs a GPU")
-    q, k, v = _qkv(b, sq, sk, h, d, torch.bfloat16, "cuda", seed=sq)
+@pytest.mark.parametrize("b,sq,sk,h,d,dtype", [
+    (1, 1, 1, 2, 128, torch.bfloat16), (1, 77, 77, 2, 128, torch.bfloat16), (2, 300, 1000, 3, 64, torch.bfloat16),
+    (1, 1000, 257, 2, 128, torch.float16), (1, 4608, 4608, 2, 128, torch.bfloat16),
+    (1, 32760, 512, 2, 64, torch.float16), (1, 32760, 32760, 1, 128, torch.bfloat16),
+])
+def test_triton_on_gpu_matches_reference(b, sq, sk, h, d, dtype):
+    q, k, v = _qkv(b, sq, sk, h, d, dtype, "cuda", seed=sq)
     seqlens = torch.full((b,), sk, dtype=torch.int32, device="cuda")
     seqlens[-1] = max(1, sk // 3)
     _check_against_ref(q, k, v, seqlens, "triton")
+    _check_against_ref(q, k, v, None, "triton")
 
 
 def test_custom_op_under_torch_compile_matches_eager():

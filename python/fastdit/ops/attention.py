@@ -75,6 +75,20 @@ def _launch_cuda(q, k, v, out, lse, seqlens_k, scale: float) -> None:
 
 # Predicates -------------------------------------------------------------------------------------------------
 
+# csrc/CMakeLists.txt leaves api/attention.cu and csrc/attention/ out when it finds no CUTLASS headers (pip's
+# isolated build): the library then loads, with every other export, but without fastdit_attention_fwd.
+NO_CUTLASS = ("the kernel library was built without CUTLASS headers, so it has no sm90 attention kernel "
+              "(pip install nvidia-cutlass, then pip install --no-build-isolation .)")
+
+
+def library_reason() -> str | None:
+    """Why the kernel library cannot give the sm90 kernel (not loaded; built without CUTLASS), or None."""
+    lib = _lib.library()
+    if lib is None:
+        return f"the kernel library is {_lib.library_status()}"
+    return None if hasattr(lib, "fastdit_attention_fwd") else NO_CUTLASS
+
+
 def supports_cuda(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """Our sm90 kernel: a Hopper GPU, bf16/fp16, head dim 64 or 128, 16-byte aligned rows, the library built."""
     if not q.is_cuda or torch.version.hip is not None or torch.cuda.get_device_capability(q.device)[0] != 9:
@@ -85,11 +99,45 @@ def supports_cuda(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     return aligned and _library() is not None and _lib.cuda_ready(q.device.index)
 
 
+def cuda_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str | None:
+    """None when our sm90 kernel can take this call, else every reason it cannot, in one line."""
+    if supports_cuda(q, k, v):
+        return None
+    reasons = []
+    if not q.is_cuda or torch.version.hip is not None:
+        reasons.append(f"q is on {q.device}, not an NVIDIA GPU")
+    elif torch.cuda.get_device_capability(q.device)[0] != 9:
+        major, minor = torch.cuda.get_device_capability(q.device)
+        reasons.append(f"{torch.cuda.get_device_name(q.device)} is sm{major}{minor}, the kernel is sm90 only")
+    if q.dtype not in _lib.HALF_DTYPES:
+        reasons.append(f"dtype {q.dtype} is not bfloat16 or float16")
+    if q.shape[-1] not in (64, 128):
+        reasons.append(f"head dim {q.shape[-1]} is not 64 or 128")
+    if not all(t.data_ptr() % 16 == 0 and all(s % 8 == 0 for s in _strides(t)) for t in (q, k, v)):
+        reasons.append("q, k, v must start 16-byte aligned with batch/row/head strides a multiple of 8 elements")
+    missing = library_reason()
+    if missing is not None:
+        reasons.append(missing)
+    elif q.is_cuda and not _lib.cuda_ready(q.device.index):
+        reasons.append(f"the kernel library has no image for this GPU (built for {_lib.compiled_archs()})")
+    return "; ".join(reasons)
+
+
 def supports_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """The Triton kernel: a CUDA/ROCm GPU (or the CPU under TRITON_INTERPRET=1), fp16/bf16/fp32, D <= 256."""
-    if q.shape[-1] > 256 or q.dtype not in (torch.bfloat16, torch.float16, torch.float32):
-        return False
-    return _lib.triton_ready(q.device)
+    return triton_reason(q) is None
+
+
+def triton_reason(q: torch.Tensor) -> str | None:
+    """None when the Triton kernel can take q's call, else why not (one line)."""
+    reasons = []
+    if not _lib.triton_ready(q.device):
+        reasons.append(f"triton is not importable or q is on {q.device} (the CPU needs TRITON_INTERPRET=1)")
+    if q.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        reasons.append(f"dtype {q.dtype} is not bfloat16, float16 or float32")
+    if q.shape[-1] > 256:
+        reasons.append(f"head dim {q.shape[-1]} exceeds 256")
+    return "; ".join(reasons) if reasons else None
 
 
 # The op -----------------------------------------------------------------------------------------------------
@@ -117,14 +165,21 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seqlens_k: torch.T
 
 
 def _resolve(q, k, v, backend: str) -> str:
+    """The backend to run: cuda > triton > torch for "auto"; a forced one that cannot run raises ValueError
+    saying why and which backend would."""
+    if backend == "torch":
+        return backend
+    if backend in ("auto", "cuda") and supports_cuda(q, k, v):
+        return "cuda"
+    fallback = "triton" if supports_triton(q, k, v) else "torch"
     if backend == "auto":
-        return "cuda" if supports_cuda(q, k, v) else "triton" if supports_triton(q, k, v) else "torch"
-    if backend == "cuda" and not supports_cuda(q, k, v):
-        raise ValueError(f"attention_fwd: backend='cuda' needs an sm90 GPU, bf16/fp16, head dim 64/128 and the kernel "
-                         f"library; got {q.device} {q.dtype} D={q.shape[-1]} (backend='triton' or 'torch' would run)")
-    if backend == "triton" and not supports_triton(q, k, v):
-        raise ValueError(f"attention_fwd: backend='triton' needs Triton and a GPU (or TRITON_INTERPRET=1), D <= 256; "
-                         f"got {q.device} {q.dtype} D={q.shape[-1]} (backend='torch' would run)")
+        return fallback
+    if backend == "cuda":
+        raise ValueError(f"attention_fwd: backend='cuda' cannot run this call: {cuda_reason(q, k, v)} "
+                         f"(backend={fallback!r} would)")
+    if backend == "triton" and fallback != "triton":
+        raise ValueError(f"attention_fwd: backend='triton' cannot run this call: {triton_reason(q)} "
+                         "(backend='torch' would)")
     return backend
 
 

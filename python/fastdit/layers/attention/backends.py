@@ -50,15 +50,17 @@ def why_not(backend: str, info: DeviceInfo) -> str | None:
     if backend == "sdpa":
         return None
     if backend == "sdpa-cudnn":
-        return None if info.kind == "cuda" and info.capability >= (8, 0) and half else f"needs an NVIDIA sm80+ GPU and bf16/fp16 (have {gpu}, {info.dtype})"
+        if info.kind == "cuda" and info.capability >= (8, 0) and half:
+            return None
+        return f"needs an NVIDIA sm80+ GPU and bf16/fp16 (have {gpu}, {info.dtype})"
     if backend == "fastdit":
         if info.kind != "cuda" or info.capability < (8, 0):
             return f"needs an NVIDIA sm80+ GPU (have {gpu})"
         if not half or info.head_dim not in (64, 128):
             return f"needs bf16/fp16 and head dim 64 or 128 (have {info.dtype}, {info.head_dim})"
-        if info.capability[0] == 9 and attention_op._library() is None:
-            return "the kernel library with fastdit_attention_fwd is not built or not found (FASTDIT_KERNEL_LIBRARY)"
-        return None if info.capability[0] == 9 or importable("triton") else "needs Triton off Hopper"
+        if info.capability[0] == 9:
+            return attention_op.library_reason()
+        return None if importable("triton") else "needs Triton off Hopper (the sm80 path is our Triton kernel)"
     if backend == "triton":
         if info.kind == "cpu" or not importable("triton"):
             return f"needs Triton and a GPU (have {gpu}, triton importable: {importable('triton')})"
@@ -68,11 +70,15 @@ def why_not(backend: str, info: DeviceInfo) -> str | None:
             return "flash-attn-4 (flash_attn.cute) is not installed"
         if info.kind != "cuda" or info.capability[0] not in (9, 10):
             return f"flash-attn-4 runs on sm90/sm100 (have {gpu})"
-        return None if half and info.head_dim <= 256 else f"needs bf16/fp16, head dim <= 256 (have {info.dtype}, {info.head_dim})"
+        if half and info.head_dim <= 256:
+            return None
+        return f"needs bf16/fp16, head dim <= 256 (have {info.dtype}, {info.head_dim})"
     if backend == "aiter":
         if info.kind != "rocm":
             return f"aiter runs on ROCm GPUs (have {gpu})"
-        return None if importable("aiter") else "aiter is not installed"
+        if not importable("aiter"):
+            return "aiter is not installed"
+        return None if half else f"aiter needs bf16/fp16 (have {info.dtype})"
     raise ValueError(f"attention backend {backend!r} is not one of {BACKENDS}")
 
 
@@ -102,7 +108,8 @@ def _fa4(q, k, v):
 def _aiter(q, k, v):
     import aiter
 
-    return aiter.flash_attn_func(q, k, v, causal=False)
+    out = aiter.flash_attn_func(q, k, v, causal=False)
+    return out[0] if isinstance(out, (tuple, list)) else out  # some aiter versions return a 1-tuple
 
 
 def attend(backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -122,6 +129,11 @@ def attend_with_lse(backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Ten
 
         out, lse = flash_attn_func(q, k, v, causal=False, return_lse=True)
         return out, lse.float()
+    if backend == "aiter":
+        import aiter
+
+        out, lse = aiter.flash_attn_func(q, k, v, causal=False, return_lse=True)[:2]
+        return out, lse.float()
     qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
     if backend == "sdpa-cudnn":
         res = torch.ops.aten._scaled_dot_product_cudnn_attention(qt, kt, vt, None, True, 0.0, False, False, scale=scale)
@@ -129,6 +141,6 @@ def attend_with_lse(backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     if backend == "sdpa" and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
         res = torch.ops.aten._scaled_dot_product_flash_attention(qt, kt, vt, 0.0, False, False, scale=scale)
         return res[0].transpose(1, 2), res[1].float()
-    if backend in ("sdpa", "aiter"):
+    if backend == "sdpa":
         return attention_op.attention_fwd(q, k, v, return_lse=True, backend="torch")
     raise ValueError(f"attention backend {backend!r} is not one of {BACKENDS}")
