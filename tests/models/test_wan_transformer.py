@@ -129,3 +129,25 @@ def test_bf16_forward_matches_diffusers_bf16(tmp_path):
         got = ours(x, t, txt)
     assert got.dtype == torch.bfloat16
     assert _rel(got, expected) <= 2e-2
+
+
+def test_loading_a_folder_is_strict(tmp_path):
+    """Missing, unexpected and mis-shaped keys of a diffusers transformer folder are one-line errors naming them."""
+    from safetensors.torch import load_file, save_file
+
+    from fastdit.models.dits.wan import load_wan_transformer
+
+    _saved_reference(tmp_path, False)
+    config = WanTransformerConfig.from_dict(read_config(tmp_path))
+    (path,) = tmp_path.glob("*.safetensors")
+    good = load_file(path)
+    broken = {
+        ("missing", "blocks.1.attn1.norm_k.weight"): {k: v for k, v in good.items() if k != "blocks.1.attn1.norm_k.weight"},
+        ("unexpected", "blocks.0.attn1.to_z.weight"): {**good, "blocks.0.attn1.to_z.weight": torch.zeros(2)},
+        ("mis-shaped", "proj_out.bias"): {**good, "proj_out.bias": torch.zeros(3)},
+    }
+    for (kind, key), state in broken.items():
+        save_file(state, path)
+        with pytest.raises(ValueError, match=f"transformer.*1 {kind} keys.*{key}") as info:
+            load_wan_transformer(config, str(tmp_path), torch.float32, "cpu", kernel_backend="torch")
+        assert "\n" not in str(info.value)

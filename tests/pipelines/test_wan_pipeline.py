@@ -186,6 +186,17 @@ def test_bad_inputs_are_one_line_errors(t2v, i2v, tmp_path):
         assert "\n" not in str(info.value)
 
 
+def test_attention_backend_resolved_once_at_load(t2v, tmp_path):
+    pipe, recipe = t2v
+    assert recipe.attention_backend == "sdpa"  # the selector's choice on a CPU
+    folder = tmp_path / "t2v"
+    pipe.save_pretrained(folder)
+    source = ModelSource(str(folder), str(folder), None)
+    with pytest.raises(ValueError, match="attention backend 'fastdit' cannot run here: .*'sdpa' would") as info:
+        recipe_class("WanPipeline", str(folder)).load(source, torch.device("cpu"), torch.float32, "auto", "fastdit", "torch")
+    assert "\n" not in str(info.value)
+
+
 def _cli(capsys, *args: str) -> tuple[int, str, str]:
     from fastdit.generate import main
 

@@ -31,6 +31,7 @@ import torch
 from PIL import Image
 
 from fastdit.configs import wan as presets
+from fastdit.layers.attention import make_attention_op
 from fastdit.loader.weights import read_config
 from fastdit.models.dits.wan import WanTransformerConfig, load_wan_transformer
 from fastdit.models.encoders.clip_vision import CLIPVisionEncoder
@@ -107,13 +108,21 @@ class WanRecipe:
     def load(cls, source: ModelSource, device: torch.device, dtype: torch.dtype, load_format: str,
              attention_backend: str, kernel_backend: str) -> WanRecipe:
         """Components from a diffusers folder (load_format "auto"), or a built-in preset with random weights."""
-        attn_op, attention_backend = _attention_op(attention_backend)
-        if source.folder is None:
-            components = _dummy_components(source.spec.preset, device, dtype, attn_op, kernel_backend)
-        elif load_format == "dummy":
+        if source.folder is not None and load_format == "dummy":
             raise ValueError(
                 f"load_format='dummy' takes a built-in model id, not the folder {source.folder!r}: use load_format auto"
             )
+        # Resolved once for this device, dtype and head size (and logged once) before any weight is read, so a
+        # forced backend that cannot run fails at once. Self-attention (tens of thousands of keys) and
+        # cross-attention (512 text keys) may get different kernels: the op picks by key count.
+        if source.folder is None:
+            head_dim = presets.transformer_preset(source.spec.preset).attention_head_dim
+        else:
+            config = read_config(os.path.join(source.folder, "transformer"))
+            head_dim = WanTransformerConfig.from_dict(config).attention_head_dim
+        attn_op = make_attention_op(attention_backend, device, dtype, head_dim)
+        if source.folder is None:
+            components = _dummy_components(source.spec.preset, device, dtype, attn_op, kernel_backend)
         else:
             components = _folder_components(source.folder, device, dtype, attn_op, kernel_backend)
         i2v = components.transformer.config.image_dim is not None
@@ -124,7 +133,7 @@ class WanRecipe:
                 f"{'an' if cls.task == 'image-to-video' else 'no'} image encoder"
             )
         defaults = source.spec.defaults if source.spec is not None else FOLDER_DEFAULTS
-        return cls(components, defaults, source.model_id, device, dtype, attention_backend)
+        return cls(components, defaults, source.model_id, device, dtype, attn_op.backend)
 
     # run
 
@@ -322,13 +331,6 @@ def _image_to_tensor(image: Image.Image, height: int, width: int) -> torch.Tenso
 
 
 # loading
-
-
-def _attention_op(backend: str):
-    """(attn_op for the transformer, resolved backend name). The model's default op is torch SDPA."""
-    if backend not in ("auto", "sdpa"):
-        raise ValueError(f"attention_backend={backend!r} is not allowed: this build offers auto, sdpa")
-    return None, "sdpa"
 
 
 def _dummy_components(preset: str, device, dtype, attn_op, kernel_backend: str) -> WanComponents:
