@@ -1,6 +1,9 @@
 """Fused-op bandwidth at FLUX and Wan shapes: fastdit CUDA and Triton kernels beside torch eager and
 torch.compile of the reference, as GB/s and as a share of the copy bandwidth measured in the same run.
 Also the per-call dispatch overhead of the custom op. Prints a table, writes JSON (--json).
+Issue 10's targets, checked per row and summed up at the end: the CUDA kernel reaches >= 85% of the
+copy bandwidth, and is not slower than torch.compile's kernel for the same op (within the ~5% noise
+of one run: a row within 5% says "tie").
 
     python bench/ops.py [--shapes flux wan1.3b wan14b] [--ops rms_norm ...] [--no-compile] [--json out.json]
 """
@@ -26,6 +29,8 @@ SHAPES = {
     "wan14b": (75600, 5120, 40, 13824),  # Wan2.1-14B 720p, 81 frames
 }
 BACKENDS = ("cuda", "triton", "torch", "compile")
+TARGET_PCT_COPY = 85.0
+NOISE = 0.05  # run-to-run noise on the H100 (FACTS.md): within it, cuda and compile tie
 
 
 def make_case(op: str, shape: str, dtype: torch.dtype):
@@ -63,8 +68,20 @@ def implementations(op: str, compile_ref: bool) -> dict:
     impls = {b: (lambda *a, b=b: public(*a, backend=b)) for b in ("cuda", "triton")}
     impls["torch"] = ref
     if compile_ref:
-        impls["compile"] = torch.compile(ref)
+        # Static shapes: each shape gets its own specialized kernels, as a one-resolution deployment
+        # would (a dynamic-shape recompile would make a weaker peer).
+        impls["compile"] = torch.compile(ref, dynamic=False)
     return impls
+
+
+def verdict(row: dict) -> str:
+    """Issue 10's two targets for one row: share of copy bandwidth, and cuda vs torch.compile."""
+    parts = [f"copy {'ok' if row['cuda_pct_copy'] >= TARGET_PCT_COPY else 'MISS'}"]
+    if "compile_us" in row:
+        ratio = row["cuda_us"] / row["compile_us"]
+        label = "ok" if ratio <= 1 else "tie" if ratio <= 1 + NOISE else "MISS"
+        parts.append(f"vs compile {label} ({ratio:.2f}x)")
+    return ", ".join(parts)
 
 
 def dispatch_overhead_us(n: int = 2000) -> dict:
@@ -100,6 +117,7 @@ def main() -> None:
                                                      "qk_norm_rope", "gelu_tanh"])
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile peer")
+    parser.add_argument("--iters", type=int, default=30, help="timed calls per measurement (median reported)")
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
@@ -114,14 +132,18 @@ def main() -> None:
             make, nbytes = make_case(op, shape, dtype)
             row = {"op": op, "shape": shape, "dtype": args.dtype, "bytes": nbytes}
             for backend, fn in impls.items():
-                ms = time_cuda(make(fn)).median_ms
+                ms = time_cuda(make(fn), iters=args.iters).median_ms
                 row[f"{backend}_us"] = ms * 1e3
                 row[f"{backend}_gbs"] = nbytes / (ms * 1e-3) / 1e9
             row["cuda_pct_copy"] = 100 * row["cuda_gbs"] / copy_gbs
+            row["verdict"] = verdict(row)
             rows.append(row)
             print(f"{op:30s} {shape:8s} " + "  ".join(
                 f"{b} {row[f'{b}_us']:8.1f}us {row[f'{b}_gbs']:6.0f}GB/s" for b in impls
-            ) + f"  cuda {row['cuda_pct_copy']:.0f}% of copy", flush=True)
+            ) + f"  cuda {row['cuda_pct_copy']:.0f}% of copy  [{row['verdict']}]", flush=True)
+    misses = [f"{r['op']}@{r['shape']}: {r['verdict']}" for r in rows if "MISS" in r["verdict"]]
+    print(f"targets (cuda >= {TARGET_PCT_COPY:.0f}% of copy, not slower than torch.compile): "
+          f"{len(rows) - len(misses)}/{len(rows)} rows met" + ("; missed: " + "; ".join(misses) if misses else ""))
     t = torch.rand(2, device="cuda")
     temb_us = {b: time_cuda(lambda b=b: ops.timestep_embedding(t, 256, backend=b)).median_ms * 1e3
                for b in ("cuda", "triton", "torch")}
@@ -131,7 +153,8 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "copy_gbs": copy_gbs,
-                       "ops": rows, "timestep_embedding_us": temb_us, "dispatch_overhead_us": overhead}, f, indent=1)
+                       "target_pct_copy": TARGET_PCT_COPY, "ops": rows, "timestep_embedding_us": temb_us,
+                       "dispatch_overhead_us": overhead}, f, indent=1)
 
 
 if __name__ == "__main__":

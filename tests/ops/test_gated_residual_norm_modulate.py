@@ -78,6 +78,19 @@ def test_gpu_matches_reference_with_chunk_views(backend, dtype, seq, dim):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("dim", [8, 200, 1000, 8192])
+def test_gpu_every_row_layout(backend, dim):
+    # One-thread rows (8), 32-lane rows with idle lanes (200), 128-thread rows with idle threads (1000),
+    # 1024-thread rows (8192); 19 tokens leave a partial block.
+    torch.manual_seed(dim)
+    residual, x = torch.randn(2, 2, 19, dim, dtype=torch.bfloat16, device="cuda")
+    shift, scale, gate, *_ = chunked_mods(2, dim, torch.bfloat16, "cuda")
+    poison_cuda_allocator(8 * x.numel() * x.element_size())
+    _check(backend, residual, x, gate, shift, scale, f"{backend} {dim}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
 def test_gpu_per_token_modulation(backend):
     residual, x, gate, shift, scale = torch.randn(5, 2, 77, 1536, dtype=torch.bfloat16, device="cuda")
     _check(backend, residual, x, gate, shift, scale, f"{backend} per token")

@@ -86,6 +86,20 @@ def test_gpu_matches_reference_with_chunk_views(backend, dtype, seq, dim):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("dim", [8, 200, 1000, 8192])
+def test_gpu_every_row_layout(backend, dim):
+    # One-thread rows (8), 32-lane rows with idle lanes (200), 128-thread rows with idle threads (1000),
+    # 1024-thread rows (8192); 19 tokens leave a partial block.
+    torch.manual_seed(dim)
+    x = torch.randn(2, 19, dim, dtype=torch.bfloat16, device="cuda") * 2 + 0.5
+    shift, scale, *_ = chunked_mods(2, dim, torch.bfloat16, "cuda")
+    poison_cuda_allocator(4 * x.numel() * x.element_size())
+    out = layer_norm_modulate(x, shift, scale, backend=backend)
+    assert_within_torch_error(out, layer_norm_modulate_ref(x, shift, scale), truth(x, shift, scale), f"{backend} {dim}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
 def test_gpu_per_token_modulation(backend):
     x = torch.randn(2, 77, 1536, dtype=torch.bfloat16, device="cuda")
     shift, scale = torch.randn(2, 2, 77, 1536, dtype=torch.bfloat16, device="cuda")

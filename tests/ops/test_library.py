@@ -20,15 +20,16 @@ CSRC = Path(__file__).resolve().parents[2] / "csrc"
 
 
 @pytest.fixture(scope="module")
-def norm_library(tmp_path_factory) -> ctypes.CDLL:
-    """csrc/api/{norm,library}.cu built for sm_90a alone into a shared object (about 20 s on 2 cores)."""
+def kernel_library(tmp_path_factory) -> ctypes.CDLL:
+    """csrc/api/{norm,rope,elementwise,library}.cu (every fused op but attention and comm) built for sm_90a
+    alone into a shared object (about 35 s on 2 cores)."""
     if shutil.which("nvcc") is None:
         pytest.skip("nvcc is not on PATH")
     out = tmp_path_factory.mktemp("kernels") / "libfastdit_norm.so"
     cmd = [
         "nvcc", "-shared", "-Xcompiler=-fPIC", "-std=c++17", "-O3", "--expt-relaxed-constexpr",
         "-gencode=arch=compute_90a,code=sm_90a", '-DFASTDIT_ARCHS="sm_90a"', f"-I{CSRC}",
-        str(CSRC / "api" / "norm.cu"), str(CSRC / "api" / "library.cu"), "-o", str(out),
+        *(str(CSRC / "api" / f"{name}.cu") for name in ("norm", "rope", "elementwise", "library")), "-o", str(out),
     ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -38,33 +39,49 @@ def norm_library(tmp_path_factory) -> ctypes.CDLL:
     return library
 
 
-def test_compiled_library_reports_archs_and_abi(norm_library):
-    assert norm_library.fastdit_compiled_archs() == b"sm_90a"
-    assert norm_library.fastdit_abi_version() == lib.ABI_VERSION
+def test_compiled_library_reports_archs_and_abi(kernel_library):
+    assert kernel_library.fastdit_compiled_archs() == b"sm_90a"
+    assert kernel_library.fastdit_abi_version() == lib.ABI_VERSION
 
 
-def test_library_links_no_torch_or_python(norm_library):
-    out = subprocess.run(["ldd", norm_library._name], capture_output=True, text=True).stdout
+def test_library_links_no_torch_or_python(kernel_library):
+    out = subprocess.run(["ldd", kernel_library._name], capture_output=True, text=True).stdout
     assert "torch" not in out and "python" not in out and "libcudart" not in out, out
 
 
-def test_rms_norm_export_rejects_bad_width(norm_library):
-    fn = norm_library.fastdit_rms_norm
+def test_rms_norm_export_rejects_bad_width(kernel_library):
+    fn = kernel_library.fastdit_rms_norm
     fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
                    ctypes.c_float, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
     status = fn(16, 8, None, 16, 4, 7, 1e-6, lib.DTYPE_CODES[torch.bfloat16], 0, None)
     assert status == 1
-    assert norm_library.fastdit_last_error() == b"rms_norm: dim must be a positive multiple of 8"
+    assert kernel_library.fastdit_last_error() == b"rms_norm: dim must be a positive multiple of 8"
 
 
-def test_modulated_norm_struct_reaches_the_export(norm_library):
+def test_modulated_norm_struct_reaches_the_export(kernel_library):
     # A misaligned scale pointer: the message proves the struct's field order matches norm.cu's.
     params = ModulatedNormParams(16, None, ModulationView(None, 0, 0), ModulationView(32, 6 * 64, 0),
                                  ModulationView(40, 6 * 64, 0), None, 16, 2, 5, 64, 1e-6)
-    fn = norm_library.fastdit_layer_norm_modulate
+    fn = kernel_library.fastdit_layer_norm_modulate
     status = fn(ctypes.byref(params), lib.DTYPE_CODES[torch.float16], 0, None)
     assert status == 1
-    assert b"shift and scale must be 16-byte aligned" in norm_library.fastdit_last_error()
+    assert b"shift and scale must be 16-byte aligned" in kernel_library.fastdit_last_error()
+
+
+def test_qk_norm_rope_export_rejects_bad_head_dim(kernel_library):
+    q = torch.empty(64, dtype=torch.bfloat16)  # pointers only: validation returns before any CUDA call
+    params = QkNormRopeParams(q.data_ptr(), q.data_ptr(), None, None, q.data_ptr(), q.data_ptr(),
+                              96 * 2, 96 * 2, 4, 4, 2, 96, 1e-6, 0, 0)
+    status = kernel_library.fastdit_qk_norm_rope(ctypes.byref(params), lib.DTYPE_CODES[torch.bfloat16], 0, None)
+    assert status == 1
+    assert kernel_library.fastdit_last_error() == b"qk_norm_rope: head_dim 96 is not 64, 128 or 256"
+
+
+def test_gelu_export_rejects_misaligned_pointer(kernel_library):
+    fn = kernel_library.fastdit_gelu_tanh
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+    assert fn(18, 32, 8, lib.DTYPE_CODES[torch.float16], 0, None) == 1
+    assert kernel_library.fastdit_last_error() == b"gelu_tanh: x and out must be non-null and 16-byte aligned"
 
 
 def test_qk_params_mirror_has_the_c_layout():

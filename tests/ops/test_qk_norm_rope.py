@@ -106,6 +106,20 @@ def test_gpu_matches_reference(backend, dtype, style, norm, seq, heads, head_dim
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("style", ["interleaved", "half"])
+@pytest.mark.parametrize("norm", ["per_head", "across_heads"])
+@pytest.mark.parametrize("heads,head_dim", [(3, 64), (5, 256), (40, 128), (64, 128)])
+def test_gpu_odd_head_layouts(backend, style, norm, heads, head_dim):
+    # CUDA rows of one token's heads: 24 chunks in 32 lanes (3x64, idle lanes join the half-style
+    # shuffles), 160 threads with 32-lane heads (5x256), Wan-14B's 640 threads (40x128), the widest
+    # 1024-thread row (64x128); 19 tokens over batch 2 leave a partial block.
+    torch.manual_seed(heads * head_dim)
+    case = make_case(2, 19, heads, head_dim, norm, torch.bfloat16, "cuda")
+    _check(backend, *case, style, norm, f"{backend} {style} {norm} H={heads} D={head_dim}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
 def test_gpu_in_place_inside_fused_qkv_leaves_v_alone(backend):
     # FLUX/Wan slice q, k, v out of one [B, S, 3, H, D] projection: q and k are strided views.
     qkv = torch.randn(2, 333, 3, 24, 128, dtype=torch.bfloat16, device="cuda")

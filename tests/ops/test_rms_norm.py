@@ -78,6 +78,20 @@ def test_gpu_matches_reference(backend, dtype, rows, dim):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("dim", [8, 200, 1000, 8192])
+def test_gpu_every_row_layout(backend, dim):
+    # The CUDA row layouts: 256 one-thread rows per block (8), 8 rows of 32 lanes with idle lanes (200),
+    # 2 rows of 128 threads with 3 idle (1000), one row of 1024 threads (8192); 19 rows leave a partial block.
+    torch.manual_seed(dim)
+    x = torch.randn(19, dim, dtype=torch.bfloat16, device="cuda") * 2 + 0.25
+    w = torch.randn(dim, dtype=torch.bfloat16, device="cuda")
+    poison_cuda_allocator(4 * x.numel() * x.element_size())
+    out = rms_norm(x, w, backend=backend)
+    assert_within_torch_error(out, rms_norm_ref(x, w), _truth(x, w, 1e-6), f"{backend} 19x{dim}")
+
+
+@pytest.mark.gpu
 def test_gpu_strided_rows_and_per_head_use():
     # FLUX applies it per head to q of [B, S, H, D] sliced out of a fused QKV projection.
     qkv = torch.randn(2, 77, 3, 24, 128, dtype=torch.bfloat16, device="cuda")

@@ -13,6 +13,7 @@ import ctypes
 
 import torch
 
+from fastdit.log import log_once
 from fastdit.ops import _library as lib
 
 MAX_WIDTH = 8192
@@ -70,7 +71,11 @@ def _mod_for_kernel(mod: torch.Tensor) -> torch.Tensor:
     # The kernel reads 16-byte vectors at b * batch_stride + s * seq_stride: a view whose start or strides
     # break that is copied once (a temb.chunk(6) view of a [B, 6D] tensor with D % 8 == 0 never is).
     strides_ok = all(st % 8 == 0 for st in mod.stride()[:-1])
-    return mod if strides_ok and lib.aligned16(mod) else mod.clone(memory_format=torch.contiguous_format)
+    if strides_ok and lib.aligned16(mod):
+        return mod
+    log_once(f"fused adaLN kernels: a shift/scale/gate view with strides {mod.stride()} (or a start off a 16-byte "
+             "boundary) is copied once per call before the CUDA kernel; chunks of a [B, 6*D] temb with D % 8 == 0 are not")
+    return mod.clone(memory_format=torch.contiguous_format)
 
 
 def launch_modulated_norm(
