@@ -99,6 +99,7 @@ def test_library_built_without_cutlass(monkeypatch):
     assert "\n" not in str(err.value)
     choice = selector.choose("auto", H100)
     assert (choice.backend, choice.short_backend, choice.min_keys) == ("sdpa-cudnn", None, 0)
+    assert "fastdit cannot run: the kernel library was built without CUTLASS" in choice.reason  # the logged line
     assert selector.choose("fastdit", A100).backend == "fastdit"  # off Hopper ours is Triton: no library needed
 
 

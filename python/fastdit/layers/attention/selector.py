@@ -72,8 +72,11 @@ def _auto(info: DeviceInfo) -> Choice:
         main, short = _first_runnable(rule.backends, info), _first_runnable(rule.short_backends, info)
         if main is not None and short is not None and rule.min_keys > 0:
             return Choice(main, f"auto, {short} below {rule.min_keys} keys ({rule.measured})", short, rule.min_keys)
-        if main is not None or short is not None:
-            return Choice(main or short, f"auto ({rule.measured})")
+        if main is None and short is not None:  # the rule's winner cannot run here: say why in the log line
+            return Choice(short, f"auto, {rule.backends[0]} cannot run: {why_not(rule.backends[0], info)} "
+                                 f"({rule.measured})")
+        if main is not None:
+            return Choice(main, f"auto ({rule.measured})")
     return Choice("sdpa", "auto (no rule matched: torch's own choice)")
 
 
