@@ -126,6 +126,14 @@ def main() -> None:
     print(f"{torch.cuda.get_device_name()}  copy bandwidth {copy_gbs:.0f} GB/s (read + write)  "
           f"kernel library: {_library.library_status()}")
     rows = []
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "copy_gbs": copy_gbs,
+              "target_pct_copy": TARGET_PCT_COPY, "ops": rows}
+
+    def save() -> None:  # after every row: a run cut off by its time limit keeps what it measured
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=1)
+
     for op in args.ops:
         impls = implementations(op, not args.no_compile)
         for shape in args.shapes:
@@ -138,6 +146,7 @@ def main() -> None:
             row["cuda_pct_copy"] = 100 * row["cuda_gbs"] / copy_gbs
             row["verdict"] = verdict(row)
             rows.append(row)
+            save()
             print(f"{op:30s} {shape:8s} " + "  ".join(
                 f"{b} {row[f'{b}_us']:8.1f}us {row[f'{b}_gbs']:6.0f}GB/s" for b in impls
             ) + f"  cuda {row['cuda_pct_copy']:.0f}% of copy  [{row['verdict']}]", flush=True)
@@ -145,17 +154,15 @@ def main() -> None:
     print(f"targets (cuda >= {TARGET_PCT_COPY:.0f}% of copy, not slower than torch.compile): "
           f"{len(rows) - len(misses)}/{len(rows)} rows met" + ("; missed: " + "; ".join(misses) if misses else ""))
     t = torch.rand(2, device="cuda")
-    temb_us = {b: time_cuda(lambda b=b: ops.timestep_embedding(t, 256, backend=b)).median_ms * 1e3
-               for b in ("cuda", "triton", "torch")}
-    print("timestep_embedding [2, 256] us: " + "  ".join(f"{b} {v:.1f}" for b, v in temb_us.items()))
-    overhead = dispatch_overhead_us()
-    print("dispatch overhead (CPU us per call, tiny rms_norm): " + "  ".join(f"{k} {v:.1f}" for k, v in overhead.items()))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "copy_gbs": copy_gbs,
-                       "target_pct_copy": TARGET_PCT_COPY, "ops": rows, "timestep_embedding_us": temb_us,
-                       "dispatch_overhead_us": overhead}, f, indent=1)
-
+    result["timestep_embedding_us"] = {
+        b: time_cuda(lambda b=b: ops.timestep_embedding(t, 256, backend=b)).median_ms * 1e3
+        for b in ("cuda", "triton", "torch")
+    }
+    print("timestep_embedding [2, 256] us: " + "  ".join(f"{b} {v:.1f}" for b, v in result["timestep_embedding_us"].items()))
+    result["dispatch_overhead_us"] = dispatch_overhead_us()
+    print("dispatch overhead (CPU us per call, tiny rms_norm): "
+          + "  ".join(f"{k} {v:.1f}" for k, v in result["dispatch_overhead_us"].items()))
+    save()
 
 if __name__ == "__main__":
     main()
