@@ -126,6 +126,14 @@ def print_table(rows: list[dict], dtype_name: str) -> None:
           f"met at {sum(r['target_met'] for r in judged)} of {len(judged)} shapes")
 
 
+def write_json(path: str | None, dtype_name: str, rows: list[dict], overhead: dict) -> None:
+    if path:
+        with open(path, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(), "dtype": dtype_name, "torch": torch.__version__,
+                       "kernel_library": _library.library_status(), "rows": rows,
+                       "host_us_per_call": overhead}, f, indent=1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", nargs="+", default=SHAPES)
@@ -138,16 +146,16 @@ def main() -> None:
             parser.error(f"--shapes {spec!r}: must be B,H,S,D or B,H,Sq,Sk,D of positive integers")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     print(f"kernel library: {_library.library_status()}")
-    rows = [bench_shape(spec, dtype) for spec in args.shapes]
+    rows, overhead = [], {}
+    for spec in args.shapes:
+        rows.append(bench_shape(spec, dtype))
+        print(f"  {spec}: " + ", ".join(f"{n} {t:.1f}" for n, t in rows[-1]["tflops"].items()), flush=True)
+        write_json(args.json, args.dtype, rows, overhead)  # after every row: a run cut off keeps what it measured
     print_table(rows, args.dtype)
     overhead = host_us_per_call() if any("fastdit" in r["tflops"] for r in rows) else {}
     if overhead:
         print("host time per call (us): " + ", ".join(f"{k} {v:.1f}" for k, v in overhead.items()))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "dtype": args.dtype, "torch": torch.__version__,
-                       "kernel_library": _library.library_status(), "rows": rows,
-                       "host_us_per_call": overhead}, f, indent=1)
+    write_json(args.json, args.dtype, rows, overhead)
 
 
 if __name__ == "__main__":
