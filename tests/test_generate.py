@@ -94,6 +94,7 @@ def test_bad_input_in_a_fresh_process_has_no_traceback():
         (["--kernel-backend", "cuda", "--device", "cpu"], "kernel_backend='cuda' is not allowed on a CPU"),
         (["--attention-backend", "flash9"], "attention backend 'flash9' is not one of"),
         (["--prompt", ""], None),  # an empty prompt is a string: allowed (see test below for non-strings)
+        (["--disable-cuda-graph"], None),  # eager steps (what a CPU runs anyway)
     ],
 )
 def test_bad_flags_exit_2_with_one_line(flags, message, capsys, tmp_path):
@@ -115,6 +116,7 @@ def test_bad_flags_exit_2_with_one_line(flags, message, capsys, tmp_path):
         ("prompt: a fox\nsteps: 4\n", "unknown key 'steps' in config file"),
         ("prompt: a fox\nheight: [1\n", "cannot read config file"),
         ("- a list\n", "must hold a mapping of option names to values, not list"),
+        ("prompt: a fox\ndisable-cuda-graph: 3\n", "disable-cuda-graph=3 is not allowed: disable-cuda-graph must be true"),
     ],
 )
 def test_bad_config_files(text, message, tmp_path, capsys):
@@ -166,5 +168,6 @@ def test_help_lists_every_flag():
     text = build_parser().format_help()
     for flag in ["--model-path", "--prompt", "--negative-prompt", "--height", "--width", "--num-inference-steps",
                  "--guidance-scale", "--seed", "--output-path", "--output-file-name", "--config", "--load-format",
-                 "--device", "--dtype", "--attention-backend", "--kernel-backend", "--perf-dump-path"]:
+                 "--device", "--dtype", "--attention-backend", "--kernel-backend", "--perf-dump-path",
+                 "--disable-cuda-graph", "--enable-torch-compile"]:
         assert flag in text

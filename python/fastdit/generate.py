@@ -38,6 +38,8 @@ _OPTIONS: list[tuple[str, type, Any, str]] = [
     ("dtype", str, "auto", "auto (bfloat16 on GPU, float32 on CPU), bfloat16, float16 or float32"),
     ("attention-backend", str, None, "attention backend (default: FASTDIT_ATTENTION_BACKEND, else auto)"),
     ("kernel-backend", str, None, "fused-op backend: auto, cuda, triton, torch (default: FASTDIT_KERNEL_BACKEND)"),
+    ("disable-cuda-graph", bool, False, "run the denoising steps eagerly (default: one CUDA graph per shape on GPU)"),
+    ("enable-torch-compile", bool, False, "torch.compile the DiT (the first step of a new shape compiles, ~1-2 min)"),
     ("perf-dump-path", str, None, "write per-stage times and denoise_steps_ms to this JSON file"),
 ]
 _DEST = {flag.replace("-", "_"): (flag, kind, default) for flag, kind, default, _ in _OPTIONS}
@@ -57,8 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", default=None, help="JSON or YAML file of options named as these flags")
     for flag, kind, default, help_text in _OPTIONS:
-        shown = "" if default is None else f" (default: {default})"
         # default None here: a flag the user did not give must not override the --config file
+        if kind is bool:  # a switch: given means True
+            parser.add_argument(f"--{flag}", action="store_true", default=None, help=help_text)
+            continue
+        shown = "" if default is None else f" (default: {default})"
         parser.add_argument(f"--{flag}", type=kind, default=None, help=help_text + shown)
     return parser
 
@@ -96,6 +101,9 @@ def resolve_options(argv: list[str] | None) -> dict[str, Any]:
     for dest in ("model_path", "prompt"):
         if options[dest] is None:
             raise ValueError(f"--{_DEST[dest][0]} is required (on the command line or in --config)")
+    for dest, (flag, kind, _) in _DEST.items():
+        if kind is bool and not isinstance(options[dest], bool):
+            raise ValueError(f"{flag}={options[dest]!r} is not allowed: {flag} must be true or false")
     return options
 
 
@@ -123,12 +131,14 @@ def run(options: dict[str, Any]) -> list[str]:
     pipe = Pipeline.from_pretrained(
         options["model_path"], device=options["device"], dtype=options["dtype"], load_format=options["load_format"],
         attention_backend=options["attention_backend"], kernel_backend=options["kernel_backend"],
+        cuda_graph=False if options["disable_cuda_graph"] else None, torch_compile=options["enable_torch_compile"],
     )
     target = SaveTarget(options["output_path"], options["output_file_name"])
     result = pipe.run(request, save=target)
     if options["perf_dump_path"]:
         meta = {"model": pipe.model_id, "device": str(pipe.device), "dtype": str(pipe.dtype).removeprefix("torch."),
-                "attention_backend": pipe.recipe.attention_backend}
+                "attention_backend": pipe.recipe.attention_backend,
+                "cuda_graph": getattr(pipe.recipe, "cuda_graph", False), "torch_compile": options["enable_torch_compile"]}
         write_perf_dump(options["perf_dump_path"], perf_dump(result, request.with_defaults(pipe.defaults), meta))
     return result.paths
 

@@ -22,6 +22,7 @@ import torch
 from fastdit import envs
 from fastdit.configs.models import BUILTIN_MODELS, builtin_model
 from fastdit.log import get_logger
+from fastdit.pipelines.cuda_graph import compile_model
 from fastdit.pipelines.registry import ModelSource, recipe_class
 from fastdit.pipelines.request import GenerationRequest, GenerationResult
 from fastdit.pipelines.save import SaveTarget
@@ -75,6 +76,22 @@ def check_kernel_backend(backend: str, device: torch.device) -> None:
     if backend == "cuda" and (device.type != "cuda" or _library.library() is None):
         where = "on a CPU" if device.type != "cuda" else "without the kernel library (pip install built no .so)"
         raise ValueError(f"kernel_backend='cuda' is not allowed {where}: use auto, triton or torch")
+
+
+def resolve_cuda_graph(cuda_graph: bool | None, device: torch.device, recipe_cls: type) -> bool:
+    """Whether the denoising step runs as a CUDA graph: None -> on for a CUDA device when the recipe supports it.
+    Checked before loading, so a bad value fails in milliseconds."""
+    if cuda_graph is not None and not isinstance(cuda_graph, bool):
+        raise ValueError(f"cuda_graph={cuda_graph!r} is not allowed: cuda_graph must be True, False or None (auto)")
+    supported = getattr(recipe_cls, "supports_cuda_graph", False)
+    if cuda_graph is None:
+        return device.type == "cuda" and supported
+    if cuda_graph and device.type != "cuda":
+        raise ValueError(f"cuda_graph=True is not allowed on {device}: CUDA graphs need a CUDA device (use None or False)")
+    if cuda_graph and not supported:
+        raise ValueError(f"cuda_graph=True is not allowed for {recipe_cls.__name__}: its denoising step has no "
+                         "graphed form (use None or False)")
+    return cuda_graph
 
 
 def read_pipeline_class(folder: str) -> str:
@@ -171,6 +188,8 @@ class Pipeline:
         load_format: str = "auto",
         attention_backend: str | None = None,
         kernel_backend: str | None = None,
+        cuda_graph: bool | None = None,
+        torch_compile: bool = False,
     ) -> Pipeline:
         """Load `model` (built-in id, diffusers folder or hub id) onto `device` in `dtype`.
 
@@ -178,6 +197,9 @@ class Pipeline:
         load_format: "auto" (the checkpoint's weights; built-ins without weights use dummy) or "dummy"
         (random weights of the built-in architecture, no download). attention_backend / kernel_backend:
         None reads FASTDIT_ATTENTION_BACKEND / FASTDIT_KERNEL_BACKEND (default "auto").
+        cuda_graph: run each denoising step as a CUDA graph captured per shape (None: on for CUDA devices
+        and recipes that support it, off otherwise). torch_compile: torch.compile the DiT (fullgraph, static
+        shapes; the first step of each new shape compiles).
         """
         if load_format not in LOAD_FORMATS:
             raise ValueError(f"load_format={load_format!r} is not allowed: load_format must be one of auto, dummy")
@@ -186,17 +208,25 @@ class Pipeline:
         attention_backend = attention_backend or envs.attention_backend()
         kernel_backend = kernel_backend or envs.kernel_backend()
         check_kernel_backend(kernel_backend, device)
+        if not isinstance(torch_compile, bool):
+            raise ValueError(f"torch_compile={torch_compile!r} is not allowed: torch_compile must be True or False")
         source, pipeline_class = resolve_model(model, load_format)
+        cuda_graph = resolve_cuda_graph(cuda_graph, device, recipe_class(pipeline_class, source.model_id))
         if source.folder is None and load_format == "auto":
             get_logger().info("%s has no published weights: using random (dummy) weights", source.model_id)
         recipe = recipe_class(pipeline_class, source.model_id).load(
             source, device=device, dtype=dtype, load_format=load_format,
             attention_backend=attention_backend, kernel_backend=kernel_backend,
         )
+        if torch_compile:
+            compile_model(recipe.transformer)
+        if cuda_graph:
+            recipe.set_cuda_graph(True)
         get_logger().info(
-            "%s (%s) on %s, %s, attention backend %s, kernel library %s",
+            "%s (%s) on %s, %s, attention backend %s, kernel library %s, CUDA graph %s, torch.compile %s",
             source.model_id, pipeline_class, device, str(dtype).removeprefix("torch."),
-            recipe.attention_backend, _kernel_library_status(),
+            recipe.attention_backend, _kernel_library_status(), "on" if cuda_graph else "off",
+            "on" if torch_compile else "off",
         )
         return cls(recipe, source.model_id)
 

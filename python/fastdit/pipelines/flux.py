@@ -35,6 +35,7 @@ from fastdit.models.dits.flux import FluxTransformer2DModel, load_flux_transform
 from fastdit.models.encoders.clip import CLIPTextEncoder
 from fastdit.models.encoders.t5 import T5TextEncoder
 from fastdit.models.vaes.autoencoder_kl import AutoencoderKL, dummy_autoencoder_kl, load_autoencoder_kl
+from fastdit.pipelines.cuda_graph import GraphedDenoiser
 from fastdit.pipelines.registry import ModelSource
 from fastdit.pipelines.request import GenerationRequest, GenerationResult, RunState, SamplingDefaults
 from fastdit.pipelines.runner import Stage, make_result, run_stages, timed_steps
@@ -118,6 +119,7 @@ class FluxRecipe:
     """FLUX.1 (dev, schnell-shaped configs, flux-tiny): components plus the stage functions over FluxState."""
 
     task = "text-to-image"
+    supports_cuda_graph = True  # the denoising step can run as a captured CUDA graph (set_cuda_graph)
 
     def __init__(self, components: FluxComponents, defaults: SamplingDefaults, model_id: str,
                  device: torch.device, dtype: torch.dtype, attention_backend: str):
@@ -128,6 +130,13 @@ class FluxRecipe:
         self.dtype = dtype
         self.attention_backend = attention_backend
         self.vae_scale_factor = components.vae.config.scale_factor  # 2^(levels - 1): 8 for FLUX.1
+        self.cuda_graph = False
+        self._graphed: GraphedDenoiser | None = None
+
+    def set_cuda_graph(self, enabled: bool) -> None:
+        """Run each denoising step's DiT call as a CUDA graph (captured per shape on first use) or eagerly."""
+        self.cuda_graph = enabled
+        self._graphed = None
 
     @property
     def transformer(self) -> torch.nn.Module:
@@ -136,6 +145,18 @@ class FluxRecipe:
     @property
     def vae(self) -> torch.nn.Module:
         return self.components.vae
+
+    @property
+    def denoiser(self):
+        """What a denoising step calls: the transformer, through a GraphedDenoiser when CUDA graphs are on.
+        Only the plain single-GPU model is graphed: a parallel plan that replaced it (distributed/) runs
+        collectives between its layers and stays eager. Rebuilt when the transformer is replaced."""
+        model = self.transformer
+        if not self.cuda_graph or not isinstance(model, FluxTransformer2DModel):
+            return model
+        if self._graphed is None or self._graphed.model is not model:
+            self._graphed = GraphedDenoiser(model)
+        return self._graphed
 
     @classmethod
     def load(cls, source: ModelSource, device: torch.device, dtype: torch.dtype, load_format: str,
@@ -246,6 +267,8 @@ class FluxRecipe:
             guidance = torch.full([batch], request.guidance_scale, device=self.device, dtype=torch.float32)
         rope = self.transformer.rope(state.img_ids, state.text_ids)
         true_cfg = self._true_cfg(request)
+        # Nothing in this loop reads a GPU value on the host: the timestep is sliced on the device, the
+        # scheduler indexes its device sigmas, timed_steps times with CUDA events.
         for i, t in timed_steps(state, state.scheduler.timesteps, self.device):
             # as diffusers: t in the latents' dtype, then / 1000 (the DiT embeds t * 1000 again)
             timestep = t.expand(batch).to(latents.dtype) / 1000
@@ -295,7 +318,7 @@ class FluxRecipe:
                 pooled.repeat_interleave(n, dim=0).to(self.device))
 
     def _velocity(self, latents, timestep, guidance, prompt_embeds, pooled, state: FluxState, rope) -> torch.Tensor:
-        return self.transformer(
+        return self.denoiser(
             hidden_states=latents, encoder_hidden_states=prompt_embeds, pooled_projections=pooled,
             timestep=timestep, img_ids=state.img_ids, txt_ids=state.text_ids, guidance=guidance, rope=rope,
         )

@@ -7,7 +7,7 @@ A stage is `fn(request, state) -> None`; it reads the frozen request and writes 
 Timing is done here, once: wall clock around each stage, with `torch.cuda.synchronize` before reading the
 clock when the run is on CUDA (kernels are asynchronous: without it a stage's time would land in the next one).
 The denoising loop of a recipe iterates `timed_steps(...)`, which draws the progress bar and records
-`denoise_steps_ms` as [{"step": i, "duration_ms": ms}].
+`denoise_steps_ms` as [{"step": i, "duration_ms": ms}] without waiting for the GPU inside the loop.
 """
 
 from __future__ import annotations
@@ -49,20 +49,39 @@ def run_stages(stages: Sequence[Stage], request: GenerationRequest, state: RunSt
 def timed_steps(state: RunState, timesteps: torch.Tensor, device: torch.device) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield (step index, timestep) over `timesteps`; time each step and advance the progress bar.
 
-    The step's work happens between two yields, so its duration is measured from one resumption to the
-    next, synchronizing CUDA first. Appends {"step": i, "duration_ms": ms} to state.denoise_steps_ms.
+    The step's work happens between two yields. On CUDA nothing here waits for the GPU inside the loop (the
+    host keeps queueing steps while the GPU runs them): each step boundary records a CUDA event on the
+    device's current stream, and after the last step the events are waited on in order, advancing the bar as
+    the GPU finishes each step; a step's duration is the GPU time between its two events. On the CPU, wall
+    clock. Appends {"step": i, "duration_ms": ms} to state.denoise_steps_ms.
     """
     device = torch.device(device)
     bar = tqdm(total=len(timesteps), desc="denoise", unit="step", disable=not state.show_progress, leave=False)
     try:
+        if device.type != "cuda":
+            for i, t in enumerate(timesteps):
+                start = time.perf_counter()
+                yield i, t
+                state.denoise_steps_ms.append({"step": i, "duration_ms": (time.perf_counter() - start) * 1e3})
+                bar.update(1)
+            return
+        stream = torch.cuda.current_stream(device)
+        events = [_record_event(stream)]
         for i, t in enumerate(timesteps):
-            start = time.perf_counter()
             yield i, t
-            _sync(device)
-            state.denoise_steps_ms.append({"step": i, "duration_ms": (time.perf_counter() - start) * 1e3})
+            events.append(_record_event(stream))
+        for i, (start, end) in enumerate(zip(events, events[1:])):
+            end.synchronize()
+            state.denoise_steps_ms.append({"step": i, "duration_ms": start.elapsed_time(end)})
             bar.update(1)
     finally:
         bar.close()
+
+
+def _record_event(stream: torch.cuda.Stream) -> torch.cuda.Event:
+    event = torch.cuda.Event(enable_timing=True)
+    event.record(stream)
+    return event
 
 
 def make_result(state: RunState) -> GenerationResult:

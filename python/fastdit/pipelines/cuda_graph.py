@@ -1,0 +1,128 @@
+"""CUDA graphs and torch.compile for the denoising step, applied from outside the model (gpt-fast style).
+
+    denoiser = GraphedDenoiser(transformer)           # called exactly like the transformer
+    velocity = denoiser(latents, embeds, pooled, t, img_ids, txt_ids, guidance, rope=rope)
+    compile_model(transformer)                        # torch.compile in place (fullgraph, static shapes)
+
+GraphedDenoiser captures one CUDA graph per input signature -- the shapes, dtypes and devices of every tensor
+argument plus the values of the others (None, ints) -- and replays it afterwards: a FLUX step is then one
+graph launch instead of ~1500 kernel launches from Python. A new resolution or batch size captures a new
+graph (cached, least recently used first out past `max_graphs`). Per call it copies the tensor arguments into
+the graph's static input buffers, replays, and returns a copy of the static output (so two calls in a row,
+as true CFG makes, never overwrite each other's result). Nothing here reads a GPU value on the host: the only
+synchronisations happen when a new signature is captured, before the first step of that shape.
+
+All graphs share one memory pool. That is safe because graphs replay one at a time on one stream and no
+output outlives its replay (it is copied out), while the static inputs live outside the pool.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils import _pytree as pytree
+
+from fastdit.log import get_logger
+
+# The warm-up calls before a capture run lazy initialisation outside the graph (cuBLAS workspaces, cuDNN
+# plans, Triton autotuning, torch.compile's first compile); two, as torch's own make_graphed_callables does
+# for inference-only callables (one more is only needed where an optimizer state is built).
+WARMUP_CALLS = 2
+# Past this many signatures the least recently used graph is dropped with its share of the pool: a server
+# cycling through many resolutions keeps at most this many sets of activations captured.
+MAX_GRAPHS = 4
+# torch.compile mode of --enable-torch-compile. "default", not "max-autotune-no-cudagraphs": FLUX's time is in
+# large bf16 GEMMs (M = 4608 tokens, K and N >= 3072) that cuBLAS already runs near the H100's peak, which
+# Inductor's Triton GEMM templates match at best, and autotuning ~10 GEMM shapes adds minutes of compile time
+# per shape; what Inductor adds on top of our fused ops is fusing the leftover elementwise work (residual
+# addcmul, casts, the conditioning MLPs), which "default" already does. Our own CUDA graph replaces
+# "reduce-overhead"'s.
+COMPILE_MODE = "default"
+
+
+def compile_model(model: torch.nn.Module, mode: str = COMPILE_MODE, backend: str = "inductor") -> torch.nn.Module:
+    """torch.compile `model` in place (nn.Module.compile: its type, names and state_dict stay as they are) with
+    fullgraph=True -- our custom ops are traced, not graph breaks -- and static shapes (one compile per shape,
+    which is what a captured graph needs anyway). Returns the model."""
+    model.compile(fullgraph=True, dynamic=False, mode=mode, backend=backend)
+    get_logger().info("torch.compile: %s (mode %s, backend %s, fullgraph, static shapes)",
+                      type(model).__name__, mode, backend)
+    return model
+
+
+def _signature(leaves: list[Any]) -> tuple:
+    """The cache key of one call: (shape, dtype, device) per tensor leaf, the value itself otherwise."""
+    return tuple((tuple(x.shape), x.dtype, x.device) if isinstance(x, torch.Tensor) else ("value", x)
+                 for x in leaves)
+
+
+@dataclass
+class _Captured:
+    """One captured call: the graph, its static input tensors (by leaf position) and its static output."""
+
+    graph: torch.cuda.CUDAGraph
+    static_inputs: dict[int, torch.Tensor]
+    static_output: Any
+
+
+class GraphedDenoiser:
+    """Calls `model(*args, **kwargs)` through a CUDA graph captured per input signature (module docstring).
+
+    Calls whose tensors are not all on a CUDA device run the model eagerly. `captures` counts the graphs
+    captured so far (tests use it to see a new shape re-capture and a known one replay)."""
+
+    def __init__(self, model: torch.nn.Module, max_graphs: int = MAX_GRAPHS, warmup_calls: int = WARMUP_CALLS):
+        if max_graphs < 1:
+            raise ValueError(f"max_graphs={max_graphs} is not allowed: keep at least one graph (max_graphs >= 1)")
+        self.model = model
+        self.max_graphs = max_graphs
+        self.warmup_calls = warmup_calls
+        self.captures = 0
+        self._graphs: OrderedDict[tuple, _Captured] = OrderedDict()
+        self._pool = None
+
+    def __call__(self, *args, **kwargs):
+        leaves, spec = pytree.tree_flatten((args, kwargs))
+        tensors = [x for x in leaves if isinstance(x, torch.Tensor)]
+        if not tensors or any(t.device.type != "cuda" for t in tensors):
+            return self.model(*args, **kwargs)
+        key = (spec, _signature(leaves))
+        captured = self._graphs.get(key)
+        if captured is None:
+            captured = self._capture(leaves, spec, tensors[0].device)
+            self._graphs[key] = captured
+            while len(self._graphs) > self.max_graphs:
+                self._graphs.popitem(last=False)
+        self._graphs.move_to_end(key)
+        for i, static in captured.static_inputs.items():
+            static.copy_(leaves[i])
+        captured.graph.replay()
+        return pytree.tree_map_only(torch.Tensor, torch.clone, captured.static_output)
+
+    def _call_static(self, static_leaves: list[Any], spec) -> Any:
+        args, kwargs = pytree.tree_unflatten(static_leaves, spec)
+        return self.model(*args, **kwargs)
+
+    def _capture(self, leaves: list[Any], spec, device: torch.device) -> _Captured:
+        """Warm up on a side stream, then capture one call on static copies of the tensor arguments."""
+        static_leaves = [x.clone() if isinstance(x, torch.Tensor) else x for x in leaves]
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(self.warmup_calls):
+                self._call_static(static_leaves, spec)
+        torch.cuda.current_stream(device).wait_stream(side)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.device(device), torch.cuda.graph(graph, pool=self._pool):
+            static_output = self._call_static(static_leaves, spec)
+        self.captures += 1
+        shapes = [tuple(x.shape) for x in leaves if isinstance(x, torch.Tensor)]
+        get_logger().info("CUDA graph %d captured for %s with inputs %s", self.captures,
+                          type(self.model).__name__, shapes[:2])
+        static_inputs = {i: x for i, x in enumerate(static_leaves) if isinstance(x, torch.Tensor)}
+        return _Captured(graph, static_inputs, static_output)
