@@ -9,13 +9,9 @@ import torch
 import torch.distributed as dist
 
 from fastdit.distributed import ParallelConfig, USPAttention, launch, make_groups
-from fastdit.layers.attention import attention
+from fastdit.layers.attention import AttentionOp, attention
 
 B, H, D, S_IMG, T_TXT = 2, 4, 12, 24, 5
-
-
-def _plain_op(q, k, v, joint_txt_len=0):
-    return attention(q, k, v)
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -28,7 +24,7 @@ def _cases_on_rank(groups, world: int) -> list[tuple]:
     found = []
     for U, R in ParallelConfig.legal_sp_degrees(world):
         g = make_groups(ParallelConfig(world, U, R), rank, "cpu")
-        op = USPAttention(g, _plain_op)
+        op = USPAttention(g, AttentionOp("sdpa"))  # the ring merges the op's own with_lse blocks
         chunk = S_IMG // world
         gen = torch.Generator().manual_seed(100 * U + R)  # same full tensors on every rank
         q, k, v = (torch.randn(B, T_TXT + S_IMG, H, D, generator=gen) for _ in range(3))

@@ -10,6 +10,7 @@ nothing is spawned and torch.distributed is never initialised: the plain single-
 from __future__ import annotations
 
 import io
+import os
 import queue as queue_mod
 import socket
 import time
@@ -41,6 +42,9 @@ def _rank_device(device_type: str, rank: int) -> torch.device:
 
 def _worker(rank: int, fn: Callable, config: ParallelConfig, init_method: str, device_type: str, args, results) -> None:
     try:
+        if device_type == "cpu":
+            # N ranks share the host's cores: N x (all cores) intra-op threads would oversubscribe them.
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.world_size))
         groups = init_parallel_groups(config, rank, init_method, _rank_device(device_type, rank))
         try:
             out = fn(groups, *args)

@@ -26,7 +26,7 @@ from fastdit.distributed.config import ParallelConfig
 from fastdit.distributed.groups import ParallelGroups
 from fastdit.distributed.launcher import broadcast_from_output_rank, check_devices, default_device_type, spawn_context, start
 from fastdit.distributed.plans import CfgParallel, SequenceParallelFlux, SequenceParallelWan
-from fastdit.layers.attention import attention
+from fastdit.layers.attention import AttentionOp
 
 # DiT class -> its sequence-parallel plan
 SEQUENCE_PARALLEL_PLANS = {"FluxTransformer2DModel": SequenceParallelFlux, "WanTransformer3DModel": SequenceParallelWan}
@@ -34,14 +34,12 @@ SEQUENCE_PARALLEL_PLANS = {"FluxTransformer2DModel": SequenceParallelFlux, "WanT
 CFG_BATCHED_DITS = ("WanTransformer3DModel",)
 
 
-class BackendAttention:
-    """The single-GPU attention op of a resolved backend name, as the USP op calls it."""
-
-    def __init__(self, backend: str):
-        self.backend = backend
-
-    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, joint_txt_len: int = 0) -> torch.Tensor:
-        return attention(q, k, v, backend=self.backend)
+def _loaded_attn_op(dit, backend: str) -> AttentionOp:
+    """The AttentionOp the recipe gave the DiT at load (its short-sequence rule included), else one of the
+    recipe's resolved backend: USPAttention runs it locally and merges its `with_lse` blocks in the ring."""
+    blocks = getattr(dit, "transformer_blocks", None)
+    op = getattr(blocks[0], "attn_op", None) if blocks else getattr(dit, "attn_op", None)
+    return op if isinstance(op, AttentionOp) else AttentionOp(backend)
 
 
 def parallelize_pipeline(pipe, groups: ParallelGroups, attn_op=None, attn_with_lse=None) -> None:
@@ -60,7 +58,7 @@ def parallelize_pipeline(pipe, groups: ParallelGroups, attn_op=None, attn_with_l
             f"{pipe.model_id}: --enable-cfg-parallel needs a model whose pipeline batches true CFG "
             f"({', '.join(CFG_BATCHED_DITS)}); drop the flag for {name}"
         )
-    op = attn_op or BackendAttention(pipe.recipe.attention_backend)
+    op = attn_op or _loaded_attn_op(components.transformer, pipe.recipe.attention_backend)
     dit = SEQUENCE_PARALLEL_PLANS[name](components.transformer, groups, op, attn_with_lse)
     components.transformer = CfgParallel(dit, groups) if config.cfg_parallel else dit
 

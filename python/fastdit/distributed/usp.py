@@ -22,16 +22,20 @@ import torch
 
 from fastdit.distributed import ring, ulysses
 from fastdit.distributed.groups import ParallelGroups
+from fastdit.layers.attention import AttentionOp
 
 
 class USPAttention:
-    """Callable `op(q, k, v, *, joint_txt_len=0)` for one rank; `attn_op` is the single-GPU AttentionOp,
-    `attn_with_lse(q, k, v) -> (out, lse [B, H, Sq] fp32)` the block kernel of the ring (R > 1)."""
+    """Callable `op(q, k, v, *, joint_txt_len=0)` for one rank; `attn_op` is the single-GPU attention op,
+    `attn_with_lse(q, k, v) -> (out, lse [B, H, Sq] fp32)` the block kernel of the ring (R > 1): by
+    default the AttentionOp's own `with_lse` (same backend), for a plain callable the torch fallback."""
 
     def __init__(self, groups: ParallelGroups, attn_op, attn_with_lse=None, pack_backend: str = "auto"):
         self.groups = groups
         self.attn_op = attn_op
-        self.attn_with_lse = attn_with_lse or ring.attention_with_lse_torch
+        if attn_with_lse is None:
+            attn_with_lse = attn_op.with_lse if isinstance(attn_op, AttentionOp) else ring.attention_with_lse_torch
+        self.attn_with_lse = attn_with_lse
         self.pack_backend = pack_backend
         self.ulysses_degree = groups.config.ulysses_degree
         self.ring_degree = groups.config.ring_degree
