@@ -41,12 +41,12 @@ def _no_tiling(pair):
 
 def test_decode_matches_diffusers_in_any_chunking(pair):
     ref, ours = pair
-    z = torch.randn(2, 4, 4, 5, 6, generator=torch.Generator().manual_seed(1))
+    z = torch.randn(2, 4, 3, 4, 5, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = ref.decode(z).sample
         got = ours.decode(z)
         got_chunked = ours.decode(z, chunk_frames=2)  # the feature cache makes chunking invisible
-    assert got.shape == expected.shape == (2, 3, 13, 40, 48)
+    assert got.shape == expected.shape == (2, 3, 9, 32, 40)
     assert _rel(got, expected) <= 1e-4
     assert _rel(got_chunked, expected) <= 1e-4
 
@@ -76,6 +76,34 @@ def test_tiled_decode_and_encode_match_diffusers(pair):
     assert _rel(got_dec, expected_dec) <= 1e-4
     assert _rel(got_enc, expected_enc) <= 1e-4
     assert _rel(got_dec, untiled) > 1e-3  # tiling really ran (seams blended, not a whole-frame pass)
+
+
+def test_channels_last_decode_and_encode_match_diffusers(pair, monkeypatch):
+    """NDHWC activations: convs on channels-last weights, channel norms through the fused ops.rms_norm."""
+    from fastdit import ops
+
+    ref, ours = pair
+    calls = []
+    rms_norm = ops.rms_norm
+    monkeypatch.setattr(ops, "rms_norm", lambda x, w, eps, backend: calls.append(x.shape) or rms_norm(x, w, eps, backend))
+    g = torch.Generator().manual_seed(4)
+    z = torch.randn(1, 4, 3, 5, 7, generator=g)
+    x = torch.rand(1, 3, 5, 40, 48, generator=g) * 2 - 1
+    ours.set_channels_last(True)
+    try:
+        assert ours.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last_3d)
+        with torch.no_grad():
+            got_dec, got_enc = ours.decode(z, chunk_frames=2), ours.encode(x)
+            expected_dec, expected_enc = ref.decode(z).sample, ref.encode(x).latent_dist.mode()
+    finally:
+        ours.set_channels_last(False)
+    assert not ours.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    assert got_dec.shape == expected_dec.shape == (1, 3, 9, 40, 56)
+    assert _rel(got_dec, expected_dec) <= 1e-4
+    assert _rel(got_enc, expected_enc) <= 1e-4
+    norms = sum(isinstance(m, type(ours.decoder.norm_out)) and m.gamma.dim() == 4 for m in ours.modules())
+    assert len(calls) >= norms  # every video norm of the decode and encode passes took the fused path
+    assert all(shape[-1] in (8, 16) for shape in calls)  # over channels (the last dim of the NDHWC view)
 
 
 def test_bad_inputs_are_one_line_errors(pair):

@@ -55,6 +55,8 @@ WAN_NEGATIVE_PROMPT = (
 FOLDER_DEFAULTS = SamplingDefaults(height=480, width=832, num_inference_steps=50, guidance_scale=5.0)
 # Latent frames the VAE decodes per pass after the first: 1 keeps diffusers' peak memory.
 VAE_DECODE_CHUNK_FRAMES = 1
+# On a GPU the VAE runs channels-last (NDHWC convs, fused channel norms): bench/e2e_wan.py times both layouts.
+VAE_CHANNELS_LAST_ON_GPU = True
 _SCHEDULERS = {"UniPCMultistepScheduler": UniPCSchedulerConfig, "FlowMatchEulerDiscreteScheduler": FlowMatchEulerSchedulerConfig}
 
 
@@ -132,6 +134,8 @@ class WanRecipe:
                 f"{'with' if cls.task == 'image-to-video' else 'without'} image conditioning (image_dim) and "
                 f"{'an' if cls.task == 'image-to-video' else 'no'} image encoder"
             )
+        if device.type == "cuda" and VAE_CHANNELS_LAST_ON_GPU:
+            components.vae.set_channels_last(True)
         defaults = source.spec.defaults if source.spec is not None else FOLDER_DEFAULTS
         return cls(components, defaults, source.model_id, device, dtype, attn_op.backend)
 
@@ -338,7 +342,7 @@ def _dummy_components(preset: str, device, dtype, attn_op, kernel_backend: str) 
     image_preset = presets.IMAGE_ENCODER_PRESETS.get(preset)
     return WanComponents(
         transformer=load_wan_transformer(presets.transformer_preset(preset), None, dtype, device, attn_op, kernel_backend),
-        vae=load_autoencoder_kl_wan(presets.vae_preset(preset), None, dtype, device),
+        vae=load_autoencoder_kl_wan(presets.vae_preset(preset), None, dtype, device, kernel_backend),
         text_encoder=UMT5TextEncoder.dummy(presets.TEXT_ENCODER_PRESETS[preset], dtype, device),
         image_encoder=CLIPVisionEncoder.dummy(image_preset, dtype, device) if image_preset else None,
         scheduler_config=presets.scheduler_preset(preset),
@@ -369,7 +373,9 @@ def _folder_components(folder: str, device, dtype, attn_op, kernel_backend: str)
     has_image_encoder = os.path.isdir(sub("image_encoder"))
     return WanComponents(
         transformer=load_wan_transformer(t_config, sub("transformer"), dtype, device, attn_op, kernel_backend),
-        vae=load_autoencoder_kl_wan(WanVAEConfig.from_dict(read_config(sub("vae"))), sub("vae"), dtype, device),
+        vae=load_autoencoder_kl_wan(
+            WanVAEConfig.from_dict(read_config(sub("vae"))), sub("vae"), dtype, device, kernel_backend
+        ),
         text_encoder=UMT5TextEncoder.from_pretrained(folder, dtype, device),
         image_encoder=CLIPVisionEncoder.from_pretrained(folder, dtype, device) if has_image_encoder else None,
         scheduler_config=_scheduler_config(folder),

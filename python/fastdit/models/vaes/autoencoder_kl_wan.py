@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fastdit import ops
 from fastdit.layers.attention import attention
 
 Stream = dict  # module -> its cached tail frames (or a "seen the first frame" marker): one per video pass
@@ -95,6 +96,7 @@ class CausalConv3d(nn.Conv3d):
         self.causal_t = 2 * p_t
         # time is padded by hand (cache or zeros, in front only); space by the convolution itself, no copy
         self.padding = (0, p_h, p_w)
+        self.channels_last = False  # keep NDHWC outputs (a no-op where cuDNN returns them; CPU convs do not)
 
     def forward(self, x: torch.Tensor, stream: Stream | None = None) -> torch.Tensor:
         if self.causal_t:
@@ -105,18 +107,28 @@ class CausalConv3d(nn.Conv3d):
                 x = torch.cat([prev, x], dim=2)
             if stream is not None:
                 stream[self] = x[:, :, -self.causal_t:].clone()
-        return super().forward(x)
+        y = super().forward(x)
+        return y.contiguous(memory_format=torch.channels_last_3d) if self.channels_last else y
 
 
 class ChannelRMSNorm(nn.Module):
-    """diffusers' WanRMS_norm: x / ||x||_C * sqrt(C) * gamma over the channel dim (dim 1), fp32 for bf16."""
+    """diffusers' WanRMS_norm: x / ||x||_C * sqrt(C) * gamma over the channel dim (dim 1), fp32 for bf16.
+
+    x / ||x|| * sqrt(C) = x / sqrt(mean(x^2)), so on a channels-last video (C the unit-stride dim) this is
+    ops.rms_norm over the last dim of the [B, T, H, W, C] view: one fused pass in fp32 math instead of
+    diffusers' five (fp32 copy, norm, divide, cast, two scalings). eps 1e-12 as F.normalize's floor.
+    """
 
     def __init__(self, dim: int, images: bool):
         super().__init__()
         self.scale = dim**0.5
         self.gamma = nn.Parameter(torch.ones(dim, *((1, 1) if images else (1, 1, 1))))
+        self.kernel_backend = "auto"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 5 and x.shape[1] > 1 and x.permute(0, 2, 3, 4, 1).is_contiguous():
+            y = ops.rms_norm(x.permute(0, 2, 3, 4, 1), self.gamma.view(-1), 1e-12, backend=self.kernel_backend)
+            return y.permute(0, 4, 1, 2, 3)
         xn = F.normalize(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x, dim=1).to(x.dtype)
         return xn * self.scale * self.gamma
 
@@ -188,9 +200,10 @@ class Resample(nn.Module):
             self.time_conv = CausalConv3d(dim, dim, (3, 1, 1), stride=(2, 1, 1))
 
     def _spatial(self, f: torch.Tensor) -> torch.Tensor:
-        """frames f [N, C, H, W]: nearest 2x up in fp32 (WanUpsample) or zero pad right/bottom, then the conv."""
+        """frames f [N, C, H, W]: nearest 2x up or zero pad right/bottom, then the conv. (diffusers' WanUpsample
+        interpolates in fp32; nearest only copies values, so the input dtype gives the same numbers.)"""
         if self.mode.startswith("upsample"):
-            f = F.interpolate(f.float(), scale_factor=2.0, mode="nearest-exact").to(f.dtype)
+            f = F.interpolate(f, scale_factor=2.0, mode="nearest-exact")
         else:
             f = F.pad(f, (0, 1, 0, 1))
         return self.resample["1"](f)
@@ -340,9 +353,13 @@ def _tiled(run, x: torch.Tensor, in_tile: int, in_stride: int, out_tile: int, ou
 
 
 class AutoencoderKLWan(nn.Module):
-    def __init__(self, config: WanVAEConfig):
+    """channels_last (set_channels_last): convolutions run on NDHWC activations (cuDNN's native layout for
+    tensor-core 3D convs, no transposes around each conv) and the channel RMSNorms become one fused op."""
+
+    def __init__(self, config: WanVAEConfig, kernel_backend: str = "auto"):
         super().__init__()
         self.config = config
+        self.channels_last = False
         self.encoder = Encoder3d(config)
         self.quant_conv = CausalConv3d(2 * config.z_dim, 2 * config.z_dim, 1)
         self.post_quant_conv = CausalConv3d(config.z_dim, config.z_dim, 1)
@@ -350,6 +367,23 @@ class AutoencoderKLWan(nn.Module):
         self.use_tiling = False
         self.tile_sample_min_size = 256  # pixels; diffusers' tile_sample_min_height/_width
         self.tile_sample_stride = 192
+        for module in self.modules():
+            if isinstance(module, ChannelRMSNorm):
+                module.kernel_backend = kernel_backend
+
+    def set_channels_last(self, enabled: bool = True) -> None:
+        """Stores every conv weight channels-last (or back) in place; encode/decode then feed NDHWC activations."""
+        for module in self.modules():
+            if isinstance(module, CausalConv3d):
+                module.channels_last = enabled
+            if isinstance(module, (nn.Conv2d, nn.Conv3d)):
+                fmt = torch.channels_last if module.weight.dim() == 4 else torch.channels_last_3d
+                fmt = fmt if enabled else torch.contiguous_format
+                module.weight.data = module.weight.data.contiguous(memory_format=fmt)
+        self.channels_last = enabled
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last_3d) if self.channels_last else x
 
     def enable_tiling(self, tile_sample_min_size: int = 256, tile_sample_stride: int = 192) -> None:
         ratio = self.config.scale_factor_spatial
@@ -373,6 +407,7 @@ class AutoencoderKLWan(nn.Module):
 
     def _encode_untiled(self, x: torch.Tensor) -> torch.Tensor:
         stream: Stream = {}
+        x = self._layout(x)
         chunks = [x[:, :, :1]] + list(x[:, :, 1:].split(4, dim=2))
         out = torch.cat([self.encoder(c, stream) for c in chunks if c.shape[2]], dim=2)
         return self.quant_conv(out)
@@ -395,7 +430,7 @@ class AutoencoderKLWan(nn.Module):
 
     def _decode_untiled(self, z: torch.Tensor, chunk_frames: int) -> torch.Tensor:
         stream: Stream = {}
-        x = self.post_quant_conv(z)
+        x = self.post_quant_conv(self._layout(z))
         chunks = [x[:, :, :1]] + list(x[:, :, 1:].split(chunk_frames, dim=2))
         return torch.cat([self.decoder(c, stream) for c in chunks if c.shape[2]], dim=2)
 
@@ -417,11 +452,13 @@ class AutoencoderKLWan(nn.Module):
         return out.clamp(-1.0, 1.0)
 
 
-def load_autoencoder_kl_wan(config: WanVAEConfig, folder: str | None, dtype: torch.dtype, device) -> AutoencoderKLWan:
+def load_autoencoder_kl_wan(
+    config: WanVAEConfig, folder: str | None, dtype: torch.dtype, device, kernel_backend: str = "auto"
+) -> AutoencoderKLWan:
     """Builds the VAE on `device` and fills it from a diffusers `vae/` folder, or randomly when folder is None."""
     from fastdit.loader.weights import build_module, init_dummy_weights, load_state_dict, load_weights
 
-    model = build_module(lambda: AutoencoderKLWan(config), dtype, device)
+    model = build_module(lambda: AutoencoderKLWan(config, kernel_backend), dtype, device)
     if folder is None:
         init_dummy_weights(model, seed=0)
         for module in model.modules():  # norm scales start at 1, as a freshly built diffusers VAE
