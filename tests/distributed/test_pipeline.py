@@ -1,6 +1,8 @@
-"""The flux-tiny pipeline on 2 (and, slow, 4) gloo processes: final latents equal the single-process run
-(fp32, rel err <= 1e-5) at every (ulysses, ring) layout its 2 heads allow; PipelineWorkers serves several
-requests (a refused one included) like Pipeline.run; bad plans are one-line errors."""
+"""The flux-tiny and wan-tiny pipelines on 2 and 4 gloo processes: final latents equal the single-process
+run (fp32, rel err <= 1e-5) at every legal (ulysses, ring, cfg) layout; a Ulysses degree that does not
+divide the 2 heads is a one-line error; CFG-parallel is refused for FLUX (no batched true CFG) and runs a
+request without CFG unsplit on Wan. PipelineWorkers serves several requests (a refused one included) like
+Pipeline.run."""
 
 from __future__ import annotations
 
@@ -11,52 +13,76 @@ import torch
 import torch.distributed as dist
 
 from fastdit import Pipeline
-from fastdit.distributed import ParallelConfig, ParallelGroups, launch, make_groups
+from fastdit.distributed import ParallelConfig, ParallelGroups, make_groups
 from fastdit.distributed.pipeline import PipelineWorkers, parallelize_pipeline
 from fastdit.pipelines.request import GenerationRequest
 
 REQUEST = GenerationRequest(prompt="a red fox", height=64, width=64, num_inference_steps=2, seed=1, output_type="latent")
-HEADS = 2  # flux-tiny
+# 64x64, 5 frames: latents [1, 16, 2, 8, 8], 32 tokens; guidance 5 batches [uncond; cond]
+WAN_REQUEST = dataclasses.replace(REQUEST, num_frames=5, guidance_scale=5.0)
+WAN_NO_CFG = dataclasses.replace(WAN_REQUEST, guidance_scale=1.0)
+HEADS = 2  # flux-tiny and wan-tiny
 
 
-def _pipe() -> Pipeline:
-    return Pipeline.from_pretrained("flux-tiny", device="cpu", dtype=torch.float32)
+def _pipe(model: str) -> Pipeline:
+    return Pipeline.from_pretrained(model, device="cpu", dtype=torch.float32)
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
 
 
-def _layouts_on_rank(groups, world: int) -> list[tuple]:
-    want = _pipe().run(REQUEST, show_progress=False).latents
+def _max_over_ranks(value: float) -> float:
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.item()
+
+
+def _layouts_on_rank(groups, world: int, model: str, requests: tuple) -> list[tuple]:
+    """[(U, R, cfg, request index, max rel err over ranks)] for every layout the model allows."""
+    single = _pipe(model)
+    wants = [single.run(r, show_progress=False).latents for r in requests]
     found = []
-    for U, R in ParallelConfig.legal_sp_degrees(world):
-        g = make_groups(ParallelConfig(world, U, R), groups.rank, "cpu")
-        pipe = _pipe()
-        if HEADS % U:
-            with pytest.raises(ValueError, match=f"ulysses_degree={U} must divide the model's {HEADS} attention heads"):
-                parallelize_pipeline(pipe, g)
-            continue
-        parallelize_pipeline(pipe, g)
-        t = torch.tensor([_rel(pipe.run(REQUEST, show_progress=False).latents, want)], dtype=torch.float64)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        found.append((U, R, t.item()))
+    for cfg in (False, True) if model.startswith("wan") else (False,):
+        for U, R in ParallelConfig.legal_sp_degrees(world, cfg):
+            g = make_groups(ParallelConfig(world, U, R, cfg), groups.rank, "cpu")
+            pipe = _pipe(model)
+            if HEADS % U:
+                with pytest.raises(ValueError, match=f"ulysses_degree={U} must divide the model's {HEADS} attention heads"):
+                    parallelize_pipeline(pipe, g)
+                continue
+            parallelize_pipeline(pipe, g)
+            for i, (request, want) in enumerate(zip(requests, wants)):
+                found.append((U, R, cfg, i, _max_over_ranks(_rel(pipe.run(request, show_progress=False).latents, want))))
     return found
 
 
-# 4 processes on the 2-core CI machine take over a minute: slow-marked.
-@pytest.mark.parametrize("world", [2, pytest.param(4, marks=pytest.mark.slow)])
-def test_final_latents_match_single_process(world):
-    results = launch(_layouts_on_rank, ParallelConfig(world, world, 1), world, device_type="cpu")
-    assert {(u, r) for u, r, _ in results} == {(u, r) for u, r in ParallelConfig.legal_sp_degrees(world) if HEADS % u == 0}
-    bad = [r for r in results if not r[2] <= 1e-5]
+def _expected(world: int, cfg_values: tuple[bool, ...], n_requests: int) -> set[tuple]:
+    return {(u, r, c, i) for c in cfg_values for u, r in ParallelConfig.legal_sp_degrees(world, c) if HEADS % u == 0
+            for i in range(n_requests)}
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_flux_final_latents_match_single_process(gloo, world):
+    results = gloo.run(world, _layouts_on_rank, world, "flux-tiny", (REQUEST,))
+    assert {r[:4] for r in results} == _expected(world, (False,), 1)
+    bad = [r for r in results if not r[4] <= 1e-5]
+    assert not bad, f"rel err > 1e-5: {bad}"
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_wan_final_latents_match_single_process(gloo, world):
+    results = gloo.run(world, _layouts_on_rank, world, "wan-tiny", (WAN_REQUEST, WAN_NO_CFG))
+    assert {r[:4] for r in results} == _expected(world, (False, True), 2)
+    bad = [r for r in results if not r[4] <= 1e-5]
     assert not bad, f"rel err > 1e-5: {bad}"
 
 
 def test_pipeline_workers_serve_like_pipeline_run():
-    want = _pipe().run(REQUEST, show_progress=False).latents
-    workers = PipelineWorkers(ParallelConfig(2, 1, 2), "flux-tiny", device_type="cpu", dtype=torch.float32)
+    want = _pipe("flux-tiny").run(REQUEST, show_progress=False).latents
+    workers = PipelineWorkers(ParallelConfig(2, 1, 2), "flux-tiny", device="cpu", dtype=torch.float32)
     try:
+        assert (workers.model_id, workers.task, workers.dtype) == ("flux-tiny", "text-to-image", torch.float32)
         got = workers.run(REQUEST, show_progress=False)
         assert _rel(got.latents, want) <= 1e-5
         with pytest.raises(ValueError, match=r"latents of shape \(1, 5, 64\) is not allowed"):
@@ -72,4 +98,4 @@ def test_cfg_parallel_is_refused_for_flux():
     config = ParallelConfig(2, 1, 1, cfg_parallel=True)
     groups = ParallelGroups(config, 0, torch.device("cpu"), 0, 0, 0, None, None, None, None, (0,))
     with pytest.raises(ValueError, match="--enable-cfg-parallel needs a model whose pipeline batches true CFG"):
-        parallelize_pipeline(_pipe(), groups)
+        parallelize_pipeline(_pipe("flux-tiny"), groups)

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from fastdit.distributed import ParallelConfig, launch, make_groups, single_process_groups
+from fastdit.distributed import ParallelConfig, make_groups, single_process_groups
 from fastdit.distributed.plans import CfgParallel, SequenceParallelFlux, SequenceParallelWan
 from fastdit.layers.attention import attention
 from fastdit.loader.weights import init_dummy_weights
@@ -81,10 +81,9 @@ def _layouts_on_rank(groups, world: int) -> list[tuple]:
     return found
 
 
-# 4 processes on the 2-core CI machine take ~80 s: slow-marked; run with -m slow.
-@pytest.mark.parametrize("world", [2, pytest.param(4, marks=pytest.mark.slow)])
-def test_plans_match_single_process(world):
-    results = launch(_layouts_on_rank, ParallelConfig(world, world, 1), world, device_type="cpu")
+@pytest.mark.parametrize("world", [2, 4])
+def test_plans_match_single_process(gloo, world):
+    results = gloo.run(world, _layouts_on_rank, world)
     expected = {("flux", u, r, False) for u, r in ParallelConfig.legal_sp_degrees(world)}
     expected |= {("wan", u, r, c) for c in (False, True) for u, r in ParallelConfig.legal_sp_degrees(world, c)}
     assert {r[:4] for r in results} == expected

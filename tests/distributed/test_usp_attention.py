@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from fastdit.distributed import ParallelConfig, USPAttention, launch, make_groups
+from fastdit.distributed import ParallelConfig, USPAttention, make_groups
 from fastdit.layers.attention import AttentionOp, attention
 
 B, H, D, S_IMG, T_TXT = 2, 4, 12, 24, 5
@@ -56,8 +56,8 @@ def _cases_on_rank(groups, world: int) -> list[tuple]:
 
 
 @pytest.mark.parametrize("world", [2, 4])
-def test_usp_attention_matches_single_process(world):
-    results = launch(_cases_on_rank, ParallelConfig(world, world, 1), world, device_type="cpu")
+def test_usp_attention_matches_single_process(gloo, world):
+    results = gloo.run(world, _cases_on_rank, world)
     layouts = {(u, r) for u, r, _, _ in results}
     assert layouts == set(ParallelConfig.legal_sp_degrees(world))
     assert len(results) == 4 * len(layouts)

@@ -63,6 +63,27 @@ def parallelize_pipeline(pipe, groups: ParallelGroups, attn_op=None, attn_with_l
     components.transformer = CfgParallel(dit, groups) if config.cfg_parallel else dit
 
 
+@dataclasses.dataclass(frozen=True)
+class PipelineInfo:
+    """What callers read off a Pipeline besides `run` (the CLI's perf dump, the server's /v1/models)."""
+
+    model_id: str
+    task: str
+    dtype: torch.dtype
+    device: torch.device  # rank 0's
+    defaults: object  # SamplingDefaults
+    video_defaults: object | None  # VideoDefaults of video recipes
+    pipeline_class: str  # the recipe class name
+    attention_backend: str
+
+    @classmethod
+    def of(cls, pipe) -> "PipelineInfo":
+        recipe = pipe.recipe
+        video = getattr(getattr(recipe, "components", None), "video_defaults", None)
+        return cls(str(pipe.model_id), pipe.task, pipe.dtype, pipe.device, pipe.defaults, video,
+                   type(recipe).__name__, recipe.attention_backend)
+
+
 def _serialize(obj) -> bytes:
     buf = io.BytesIO()
     torch.save(obj, buf)
@@ -93,7 +114,7 @@ def _serve_rank(groups: ParallelGroups, model: str, load_kwargs: dict, requests,
     dist.all_gather_object(failures, failure)  # one rank failing to load stops them all
     failure = next((f for f in failures if f is not None), None)
     if leader:
-        replies.put(_serialize(("error", *failure) if failure else ("ok", None)))
+        replies.put(_serialize(("error", *failure) if failure else ("ok", PipelineInfo.of(pipe))))
     if failure:
         return
     while True:
@@ -111,24 +132,44 @@ def _serve_rank(groups: ParallelGroups, model: str, load_kwargs: dict, requests,
             replies.put(_serialize(reply))
 
 
-class PipelineWorkers:
-    """`config.world_size` ranks holding one pipeline; `run(request)` as Pipeline.run, one request at a time."""
+def _device_type(device, config: ParallelConfig) -> str:
+    """'cuda' or 'cpu' for the ranks: rank r runs on cuda:r, so an explicit index only fits one process."""
+    if device is None:
+        return default_device_type()
+    device = torch.device(device)
+    if device.type not in ("cuda", "cpu"):
+        raise ValueError(f"device={str(device)!r} is not allowed for PipelineWorkers; allowed: cpu, cuda, cuda:N")
+    if device.index is not None and config.world_size > 1:
+        raise ValueError(
+            f"device={str(device)!r} with num_gpus={config.world_size}: rank r runs on cuda:r "
+            f"(CUDA_VISIBLE_DEVICES picks the GPUs); pass device 'cuda' or none"
+        )
+    return device.type
 
-    def __init__(self, config: ParallelConfig, model: str, device_type: str | None = None, **load_kwargs):
+
+class PipelineWorkers:
+    """`config.world_size` ranks holding one pipeline; `run(request)` as Pipeline.run, one request at a time.
+
+    Also reads like a Pipeline: `model_id`, `task`, `dtype`, `device`, `defaults` (and `info`, a PipelineInfo
+    with the recipe class, video defaults and resolved attention backend), from rank 0.
+    """
+
+    def __init__(self, config: ParallelConfig, model: str, device: str | torch.device | None = None, **load_kwargs):
         self.config = config
-        device_type = device_type or default_device_type()
+        device_type = _device_type(device, config)
         check_devices(config, device_type)
         if config.world_size == 1:
             from fastdit.pipelines.api import Pipeline
 
-            self.pipe, self.ranks = Pipeline.from_pretrained(model, device=device_type, **load_kwargs), None
+            self.pipe, self.ranks = Pipeline.from_pretrained(model, device=device or device_type, **load_kwargs), None
+            self.info = PipelineInfo.of(self.pipe)
             return
         ctx = spawn_context()
         self.requests, self.replies = ctx.Queue(), ctx.Queue()
         self.pipe = None
         self.ranks = start(_serve_rank, config, model, load_kwargs, self.requests, self.replies, device_type=device_type)
         try:
-            self._reply()
+            self.info = self._reply()
         except Exception:  # loading failed: the ranks have returned
             self.ranks.wait(timeout_s=120)
             self.ranks = None
@@ -150,6 +191,12 @@ class PipelineWorkers:
             kind, message = payload
             raise ValueError(message) if kind == "value" else RuntimeError(f"a rank failed:\n{message}")
         return payload[0]
+
+    model_id = property(lambda self: self.info.model_id)
+    task = property(lambda self: self.info.task)
+    dtype = property(lambda self: self.info.dtype)
+    device = property(lambda self: self.info.device)
+    defaults = property(lambda self: self.info.defaults)
 
     def run(self, request, save=None, show_progress: bool = True):
         if request.seed is None:  # drawn once, here: every rank must draw the same noise

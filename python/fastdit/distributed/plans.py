@@ -25,6 +25,7 @@ from torch import nn
 
 from fastdit.distributed.groups import ParallelGroups
 from fastdit.distributed.usp import USPAttention
+from fastdit.log import log_once
 
 
 def _gather(x: torch.Tensor, group: dist.ProcessGroup | None, dim: int) -> torch.Tensor:
@@ -143,7 +144,10 @@ class CfgParallel(_Plan):
             return self.model(hidden_states, *args, **kwargs)
         batch = hidden_states.shape[0]
         if batch % 2:
-            raise ValueError(f"CfgParallel: the batch of {batch} rows must be even (unconditional + conditional)")
+            # One CFG branch (guidance off) or an odd batch: nothing splits evenly, so both CFG halves run
+            # the whole batch (same result on both, no speedup) rather than refusing the request.
+            log_once(f"CfgParallel: a batch of {batch} rows (no true CFG) runs unsplit on both CFG ranks")
+            return self.model(hidden_states, *args, **kwargs)
         half = slice(self.groups.cfg_rank * batch // 2, (self.groups.cfg_rank + 1) * batch // 2)
         args = tuple(_split(a, batch, half) for a in args)
         kwargs = {k: v if k in self.replicated else _split(v, batch, half) for k, v in kwargs.items()}
