@@ -1,21 +1,28 @@
 """FLUX end to end on one GPU: fastdit against diffusers with the SAME random weights, in one process.
 
-    python bench/e2e_flux.py --json e2e_flux.json                           # FLUX.1-dev, 1024x1024, batch 1
-    python bench/e2e_flux.py --batch 1 4 --steps 28 50 --compile-peer       # + batch 4, + diffusers compiled
+    python bench/e2e_flux.py --json e2e_flux.json        # quick set (default): 1024x1024, 28 steps, batch 1,
+                                                         #   fastdit, diffusers eager, diffusers + torch.compile
+    python bench/e2e_flux.py --full --json e2e_flux.json # 28 and 50 steps, batch 1 and 4, + fastdit + torch.compile
     python bench/e2e_flux.py --model flux-tiny --device cpu --dtype float32 --height 256 --width 256  # smoke run
 
 fastdit loads the built-in model with --load-format dummy; diffusers' FluxTransformer2DModel and AutoencoderKL
-are built on the meta device and take fastdit's tensors by assignment (the keys are equal: no second copy),
-and both pipelines share the same transformers CLIP/T5 modules and tokenizers. Per side and batch: one DiT
-step (median of --iters, CUDA events), text encoding, VAE decode, the whole pipeline at each --steps
-(prompt -> PIL, from the same initial latents) with its peak memory, and the relative L2 difference of the
-final latents. Prints a table and writes JSON.
+are built on the meta device and take fastdit's tensors by assignment (checkpoint keys, views of the fused
+tensors: no second copy), and both pipelines share the same transformers CLIP/T5 modules and tokenizers.
+Per side and batch: one DiT step (median of --iters, CUDA events; fastdit through its CUDA graph, and eagerly),
+text encoding, VAE decode, the whole pipeline at each --steps (prompt -> PIL, from the same initial latents)
+with its peak memory (max reserved and allocated, each side measured alone: fastdit's graphs dropped first),
+and the relative L2 difference of the final latents to diffusers eager's. Then a torch-profiler breakdown of
+one eager fastdit DiT step: the top kernels by CUDA time, and totals per group (gemm, attention, norm, other).
+Prints the tables and writes JSON. The quick set fits one 560 s device call on an H100 (about half of it is
+diffusers' torch.compile).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import re
 import statistics
 import time
 
@@ -23,6 +30,7 @@ import torch
 
 from fastdit import Pipeline
 from fastdit.models.dits.flux import flux_checkpoint_state_dict
+from fastdit.pipelines.cuda_graph import compile_model
 from fastdit.pipelines.flux import latent_image_ids, unpack_latents
 from fastdit.pipelines.request import GenerationRequest
 
@@ -30,36 +38,39 @@ PROMPT = "a photograph of a red fox standing in fresh snow, morning light, 85mm"
 
 
 def time_ms(fn, iters: int, device: torch.device, warmup: int = 1) -> float:
-    """Median milliseconds of `fn()` over `iters` calls after `warmup`: CUDA events on a GPU, else wall clock."""
+    """Median milliseconds of `fn()` over `iters` calls after `warmup`: bench/timer.py on a GPU, else wall clock."""
+    if device.type == "cuda":
+        from timer import time_cuda  # bench/timer.py: the shared CUDA-event timer
+
+        return time_cuda(fn, warmup=warmup, iters=iters, cold_l2=False, device=device).median_ms
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(iters):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize(device)
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
 
 
 def wall_and_peak(fn, device: torch.device):
-    """(result, wall ms, peak GiB allocated during the call) of one synchronized call."""
+    """(result, wall ms, peak GiB reserved, peak GiB allocated) of one synchronized call. Reserved counts
+    what the process holds, a CUDA graph's private pool included (its replays bypass the allocator's
+    allocated counter), so it is the number to compare; the cache is emptied first."""
     if device.type == "cuda":
+        gc.collect()
+        torch.cuda.empty_cache()
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     out = fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-    return out, (time.perf_counter() - t0) * 1e3, peak
+    wall_ms = (time.perf_counter() - t0) * 1e3
+    if device.type != "cuda":
+        return out, wall_ms, float("nan"), float("nan")
+    return (out, wall_ms, torch.cuda.max_memory_reserved(device) / 2**30,
+            torch.cuda.max_memory_allocated(device) / 2**30)
 
 
 def diffusers_twin(cls, config: dict, state: dict[str, torch.Tensor]) -> torch.nn.Module:
@@ -88,12 +99,22 @@ def diffusers_peer(pipe: Pipeline):
     return peer
 
 
+def finite_or_none(obj):
+    """NaN (a number a side does not have, or no GPU) as null: JSON has no NaN."""
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [finite_or_none(v) for v in obj]
+    return None if isinstance(obj, float) and obj != obj else obj
+
+
 def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 def component_calls(name: str, pipe, peer, prompts: list[str], latents: torch.Tensor, height: int, width: int):
-    """(one DiT step, text encoding, VAE decode) as zero-argument calls on identical inputs for one side."""
+    """{"dit_step", ["dit_step_eager",] "text_encode", "vae_decode"}: zero-argument calls on identical inputs
+    for one side. fastdit's dit_step is what its denoising loop calls (the CUDA graph when on)."""
     recipe, batch, device = pipe.recipe, latents.shape[0], latents.device
     f2 = 2 * recipe.vae_scale_factor
     h2, w2 = 2 * (height // f2), 2 * (width // f2)  # unpacked latent sides
@@ -103,20 +124,19 @@ def component_calls(name: str, pipe, peer, prompts: list[str], latents: torch.Te
     t = torch.full([batch], 0.5, device=device, dtype=pipe.dtype)
     guidance = torch.full([batch], 3.5, device=device, dtype=torch.float32)
     z = unpack_latents(latents, h2, w2) / recipe.vae.config.scaling_factor + recipe.vae.config.shift_factor
-    if name == "fastdit":
+    if name.startswith("fastdit"):
         rope = recipe.transformer.rope(img_ids, txt_ids)  # once per request, as the recipe does
-
-        def step():
-            return recipe.transformer(latents, embeds, pooled, t, img_ids, txt_ids, guidance, rope=rope)
-
-        return step, lambda: recipe.encode_prompts(prompts, 1), lambda: recipe.vae.decode(z)
+        args = (latents, embeds, pooled, t, img_ids, txt_ids, guidance)
+        return {"dit_step": lambda: recipe.denoiser(*args, rope=rope),
+                "dit_step_eager": lambda: recipe.transformer(*args, rope=rope),
+                "text_encode": lambda: recipe.encode_prompts(prompts, 1), "vae_decode": lambda: recipe.vae.decode(z)}
 
     def peer_step():
         return peer.transformer(hidden_states=latents, encoder_hidden_states=embeds, pooled_projections=pooled,
                                 timestep=t, img_ids=img_ids, txt_ids=txt_ids, guidance=guidance, return_dict=False)
 
-    return (peer_step, lambda: peer.encode_prompt(prompts, prompt_2=None, device=device),
-            lambda: peer.vae.decode(z, return_dict=False))
+    return {"dit_step": peer_step, "text_encode": lambda: peer.encode_prompt(prompts, prompt_2=None, device=device),
+            "vae_decode": lambda: peer.vae.decode(z, return_dict=False)}
 
 
 def pipeline_call(name: str, pipe, peer, prompts: list[str], latents: torch.Tensor, **kwargs):
@@ -137,74 +157,169 @@ def pipeline_call(name: str, pipe, peer, prompts: list[str], latents: torch.Tens
     return run
 
 
+def release_graphs(pipe) -> None:
+    """Drop fastdit's captured graphs (and their memory pool): the next step captures again."""
+    if pipe.recipe.cuda_graph:
+        pipe.recipe.set_cuda_graph(True)
+
+
 def bench_side(name, pipe, peer, batch, args, latents, device) -> dict:
     """One row: DiT step, text encode, VAE decode, end to end per step count, for fastdit or diffusers."""
     prompts = [PROMPT] * batch
     row = {"side": name, "batch": batch}
-    with torch.inference_mode():
-        step, encode, decode = component_calls(name, pipe, peer, prompts, latents, args.height, args.width)
-        row["dit_step_ms"] = time_ms(step, args.iters, device, warmup=args.warmup)
-        row["text_encode_ms"] = time_ms(encode, args.iters, device)
-        row["vae_decode_ms"] = time_ms(decode, max(1, args.iters // 3), device)
+    # each side's calls in the grad mode its pipeline runs in (fastdit: inference_mode, diffusers: no_grad), so
+    # that torch.compile's guards see the same tensors in the step timing and in the pipeline: no recompile
+    with torch.inference_mode() if name.startswith("fastdit") else torch.no_grad():
+        calls = component_calls(name, pipe, peer, prompts, latents, args.height, args.width)
+        row["dit_step_ms"] = time_ms(calls["dit_step"], args.iters, device, warmup=args.warmup)
+        row["dit_step_per_image_ms"] = row["dit_step_ms"] / batch
+        row["dit_step_eager_ms"] = (time_ms(calls["dit_step_eager"], args.iters, device, warmup=args.warmup)
+                                    if "dit_step_eager" in calls else float("nan"))
+        row["text_encode_ms"] = time_ms(calls["text_encode"], args.iters, device)
+        row["vae_decode_ms"] = time_ms(calls["vae_decode"], max(1, args.iters // 3), device)
     for steps in args.steps:
         run = pipeline_call(name, pipe, peer, prompts, latents, height=args.height, width=args.width,
                             num_inference_steps=steps, guidance_scale=3.5)
-        out, row[f"e2e_{steps}_ms"], row[f"peak_{steps}_gib"] = wall_and_peak(run, device)
+        release_graphs(pipe)  # every side's memory alone: fastdit's run below captures (and counts) its own
+        _, _, row[f"peak_{steps}_gib"], row[f"peak_alloc_{steps}_gib"] = wall_and_peak(run, device)
+        out, row[f"e2e_{steps}_ms"], _, _ = wall_and_peak(run, device)  # warm: the timed run
         row[f"latents_{steps}"] = out
         row[f"finite_{steps}"] = bool(torch.isfinite(out).all())
     return row
 
 
-def main() -> None:
+# kernel name -> group, first match wins (attention before gemm: cuDNN's and our attention kernels use MMA too)
+KERNEL_GROUPS = [
+    ("attention", re.compile(r"attention|attn|flash|fmha|sdpa|softmax", re.I)),
+    ("gemm", re.compile(r"gemm|nvjet|xmma|cutlass|cublas|wgmma", re.I)),
+    ("norm", re.compile(r"norm|rope|modulate", re.I)),
+]
+
+
+def kernel_group(name: str) -> str:
+    return next((group for group, pattern in KERNEL_GROUPS if pattern.search(name)), "other")
+
+
+def kernel_breakdown(step, device: torch.device, top: int = 25) -> dict:
+    """CUDA time per kernel of one `step()` under the torch profiler: the `top` kernels and per-group totals."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode():
+        step()
+        torch.cuda.synchronize(device)
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            step()
+            torch.cuda.synchronize(device)
+    kernels = [(e.key, e.self_device_time_total / 1e3, e.count) for e in prof.key_averages()
+               if e.device_type == DeviceType.CUDA and e.self_device_time_total > 0]
+    kernels.sort(key=lambda k: -k[1])
+    total = sum(ms for _, ms, _ in kernels)
+    groups: dict[str, float] = {}
+    for name, ms, _ in kernels:
+        groups[kernel_group(name)] = groups.get(kernel_group(name), 0.0) + ms
+    return {
+        "total_ms": total,
+        "groups": {g: {"ms": ms, "share": ms / total} for g, ms in sorted(groups.items(), key=lambda x: -x[1])},
+        "top": [{"kernel": name, "group": kernel_group(name), "ms": ms, "calls": n, "share": ms / total}
+                for name, ms, n in kernels[:top]],
+    }
+
+
+def print_breakdown(breakdown: dict) -> None:
+    print(f"\nfastdit DiT step, eager, per kernel (torch profiler): {breakdown['total_ms']:.2f} ms of CUDA time")
+    for group, v in breakdown["groups"].items():
+        print(f"  {group:>9}: {v['ms']:8.2f} ms  {100 * v['share']:5.1f}%")
+    print(f"{'ms':>8} {'%':>5} {'calls':>5} {'group':>9}  kernel")
+    for k in breakdown["top"]:
+        print(f"{k['ms']:8.2f} {100 * k['share']:5.1f} {k['calls']:5d} {k['group']:>9}  {k['kernel'][:100]}")
+
+
+SIDES = ("fastdit", "diffusers", "diffusers+compile", "fastdit+compile")
+QUICK = {"steps": [28], "batch": [1], "sides": ["fastdit", "diffusers", "diffusers+compile"]}
+FULL = {"steps": [28, 50], "batch": [1, 4], "sides": list(SIDES)}
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="black-forest-labs/FLUX.1-dev", help="built-in model id")
     parser.add_argument("--height", type=int, default=1024)
     parser.add_argument("--width", type=int, default=1024)
-    parser.add_argument("--batch", type=int, nargs="+", default=[1])
-    parser.add_argument("--steps", type=int, nargs="+", default=[28, 50])
+    parser.add_argument("--full", action="store_true", help=f"the issue's whole set: {FULL} (else quick: {QUICK})")
+    parser.add_argument("--batch", type=int, nargs="+", default=None, help="batch sizes (overrides the set's)")
+    parser.add_argument("--steps", type=int, nargs="+", default=None, help="step counts (overrides the set's)")
+    parser.add_argument("--sides", nargs="+", choices=SIDES, default=None, help="what to run (overrides the set's)")
     parser.add_argument("--iters", type=int, default=10, help="timed calls per DiT step / encode measurement")
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls first (torch.compile compiles in the first)")
+    parser.add_argument("--profile-top", type=int, default=25, help="kernels listed in the breakdown (0: no profile)")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--attention-backend", default="auto")
     parser.add_argument("--kernel-backend", default="auto")
-    parser.add_argument("--compile-peer", action="store_true", help="also time diffusers with torch.compile")
+    parser.add_argument("--disable-cuda-graph", action="store_true", help="fastdit's steps eagerly")
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args()
+    preset = FULL if args.full else QUICK
+    for key in ("steps", "batch", "sides"):
+        if getattr(args, key) is None:
+            setattr(args, key, preset[key])
+    return args
 
+
+def print_table(rows: list[dict], steps: list[int]) -> None:
+    columns = ["side", "batch", "dit_step_ms", "dit_step_per_image_ms", "dit_step_eager_ms", "text_encode_ms",
+               "vae_decode_ms"]
+    columns += [f"{k}_{s}{u}" for s in steps for k, u in (("e2e", "_ms"), ("peak", "_gib"), ("rel_err", ""))]
+    print(" ".join(f"{c.removesuffix('_ms').removesuffix('_gib'):>17}" for c in columns))
+    for r in rows:
+        print(" ".join(f"{r.get(c, float('nan')):>17.4g}" if not isinstance(r.get(c), (str, int)) else f"{r[c]!s:>17}"
+                       for c in columns))
+
+
+def main() -> None:
+    args = parse_args()
     device = torch.device(args.device)
     pipe = Pipeline.from_pretrained(args.model, device=device, dtype=args.dtype, load_format="dummy",
-                                    attention_backend=args.attention_backend, kernel_backend=args.kernel_backend)
+                                    attention_backend=args.attention_backend, kernel_backend=args.kernel_backend,
+                                    cuda_graph=False if args.disable_cuda_graph else None)
     peer = diffusers_peer(pipe)
     in_channels = pipe.recipe.transformer.config.in_channels
     tokens = (args.height // (2 * pipe.recipe.vae_scale_factor)) * (args.width // (2 * pipe.recipe.vae_scale_factor))
     # the same initial latents for every side at a batch size: [B, S_img, 4C], seeded on the CPU
     noise = {b: torch.randn(b, tokens, in_channels, generator=torch.Generator().manual_seed(b)).to(device, pipe.dtype)
              for b in args.batch}
+    breakdown = None
+    if device.type == "cuda" and args.profile_top > 0:
+        calls = component_calls("fastdit", pipe, peer, [PROMPT], noise[args.batch[0]], args.height, args.width)
+        breakdown = kernel_breakdown(calls["dit_step_eager"], device, args.profile_top)
     rows = []
-    for name in ["fastdit", "diffusers"] + (["diffusers+compile"] if args.compile_peer else []):
+    # compiled sides last: nn.Module.compile is in place, every later call of that model runs compiled
+    for name in sorted(args.sides, key=SIDES.index):
         if name == "diffusers+compile":
-            peer.transformer.compile()  # in place, after the eager rows: every later call runs compiled
+            peer.transformer.compile()  # diffusers' documented way (default mode), as the issue's 132.9 ms
+        if name == "fastdit+compile":
+            compile_model(pipe.recipe.transformer)
+            release_graphs(pipe)  # the next capture records the compiled step
         for batch in args.batch:
             rows.append(bench_side(name, pipe, peer, batch, args, noise[batch], device))
-    for r in rows:
-        ours = next(o for o in rows if o["side"] == "fastdit" and o["batch"] == r["batch"])
+            print(f"done: {name} batch {batch}", flush=True)
+    for r in rows:  # against diffusers eager, the numerical truth
+        truth = next((o for o in rows if o["side"] == "diffusers" and o["batch"] == r["batch"]), None)
         for steps in args.steps:
-            r[f"rel_err_{steps}"] = rel_l2(r[f"latents_{steps}"], ours[f"latents_{steps}"])
+            r[f"rel_err_{steps}"] = rel_l2(r[f"latents_{steps}"], truth[f"latents_{steps}"]) if truth else None
     for r in rows:
         for steps in args.steps:
             del r[f"latents_{steps}"]
-    columns = ["side", "batch", "dit_step_ms", "text_encode_ms", "vae_decode_ms"]
-    columns += [f"{k}_{s}{u}" for s in args.steps for k, u in (("e2e", "_ms"), ("peak", "_gib"), ("rel_err", ""))]
-    print(" ".join(f"{c:>15}" for c in columns))
-    for r in rows:
-        print(" ".join(f"{r[c]:>15.4g}" if isinstance(r[c], float) else f"{r[c]!s:>15}" for c in columns))
+    print_table(rows, args.steps)
+    if breakdown is not None:
+        print_breakdown(breakdown)
     if args.json:
         meta = {"model": args.model, "height": args.height, "width": args.width, "dtype": args.dtype,
                 "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                "attention_backend": pipe.recipe.attention_backend, "torch": torch.__version__}
+                "attention_backend": pipe.recipe.attention_backend, "cuda_graph": pipe.recipe.cuda_graph,
+                "torch": torch.__version__, "steps": args.steps, "batch": args.batch, "sides": args.sides}
         with open(args.json, "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=2)
+            json.dump(finite_or_none({"meta": meta, "rows": rows, "dit_step_kernels": breakdown}), f, indent=2)
 
 
 if __name__ == "__main__":
