@@ -165,7 +165,9 @@ def test_backends_agree_on_gpu(backend, d):
     assert out.shape == q.shape and lse.shape == (2, 3, 300) and lse.dtype == torch.float32
     assert ((out.float() - ref).norm() / ref.norm()).item() < 1e-2
     assert (lse - ref_lse).abs().max().item() < 2e-2
-    torch.testing.assert_close(op(q, k, v), out)
+    # the plain call is the same attention; with_lse may take another kernel of the library (torch SDPA's
+    # math path returns the LSE, its flash path does not): equal within bf16 rounding
+    assert ((op(q, k, v).float() - out.float()).norm() / out.float().norm()).item() < 4e-3
 
 
 @pytest.mark.gpu
