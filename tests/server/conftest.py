@@ -69,14 +69,24 @@ class ServerProcess:
             time.sleep(0.2)
         raise RuntimeError(f"the server was not healthy within {timeout_s} s:\n{self.log_tail()}")
 
+    def wait_for(self, predicate, timeout_s: float = 60.0) -> dict:
+        """Poll /health until predicate(its JSON) holds; returns that JSON."""
+        deadline = time.monotonic() + timeout_s
+        while not predicate(health := self.health().json()):
+            assert time.monotonic() < deadline, f"/health never reached the condition: {health}"
+            time.sleep(0.05)
+        return health
+
 
 @contextlib.contextmanager
-def running_server(*flags: str, tmp_dir: Path, model: str = "flux-tiny"):
+def running_server(*flags: str, tmp_dir: Path, model: str = "flux-tiny", new_session: bool = False):
+    """new_session: the server leads its own process group, so a test can signal the group as a terminal does."""
     port = free_port()
     log_path = tmp_dir / f"server-{port}.log"
     command = [sys.executable, "-m", "fastdit.serve", "--model-path", model, *TINY, "--host", HOST, "--port", str(port), *flags]
     with open(log_path, "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=new_session,
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
     server = ServerProcess(process, f"http://{HOST}:{port}", log_path)
     try:
         server.wait_healthy()

@@ -93,15 +93,34 @@ def test_models(client, server):
     ({"prompt": ""}, "prompt", "non-empty"),
     ({"prompt": "x" * 4001}, "prompt", "at most 4000"),
     ({"size": "64x64"}, "prompt", "non-empty"),
+    ({"prompt": ["a", "b"]}, "prompt", "prompt=['a', 'b'] is not allowed"),
+    ({"prompt": "p", "n": "2"}, "n", "n='2' is not allowed"),
+    ({"prompt": "p", "n": True}, "n", "n=True is not allowed"),
+    ({"prompt": "p", "seed": 2**64}, "seed", "[0, 9223372036854775807]"),
+    ({"prompt": "p", "num_inference_steps": 1.5}, "num_inference_steps", "an integer in [1, 1000]"),
+    ({"prompt": "p", "response_format": "png"}, "response_format", "use one of b64_json, url"),
+    ({"prompt": "p", "size": 64}, "size", "WIDTHxHEIGHT"),
+    ({"prompt": "p", "colour": "red"}, "colour", "unknown parameter(s) colour"),
     ({"prompt": "p", "model": "dall-e-3"}, "model", "serves 'flux-tiny'"),
 ])
 def test_bad_parameters_are_400(server, body, param, match):
-    assert_error(post(server, json=body), 400, param, match)
+    response = post(server, json=body)
+    assert_error(response, 400, param, match)
+    assert "\n" not in response.json()["error"]["message"]
 
 
-def test_malformed_json_is_400(server):
-    assert_error(post(server, content=b'{"prompt": "a fox",', headers={**AUTH, "content-type": "application/json"}),
-                 400, None, "not valid JSON")
+@pytest.mark.parametrize("raw, param, match", [
+    (b'{"prompt": "a fox",', None, "not valid JSON"),
+    (b"", None, "not valid JSON"),
+    (b"\xff\xfe", None, "not valid JSON"),
+    (b"[" * 100_000, None, "nests too deeply"),  # Python's JSON parser recurses per level
+    (b'{"prompt": "p"} {}', None, "Extra data"),
+    (b"[1, 2]", None, "must be a JSON object, got list"),
+    (b'{"prompt": "p", "guidance_scale": NaN}', "guidance_scale", "guidance_scale=nan is not allowed"),
+    (b'{"prompt": "p", "num_inference_steps": 1e400}', "num_inference_steps", "num_inference_steps=inf"),
+])
+def test_malformed_json_is_400(server, raw, param, match):
+    assert_error(post(server, content=raw, headers={**AUTH, "content-type": "application/json"}), 400, param, match)
 
 
 def test_openai_client_sees_400_as_bad_request(client):
@@ -141,6 +160,8 @@ def test_edits_validate_the_form_then_refuse_a_text_to_image_model(server):
     Image.new("RGB", (64, 64)).save(png, format="PNG")
     form = {"prompt": "make it blue", "size": "64x64"}
     assert_error(post(server, "/v1/images/edits", data=form), 400, "image", "image is required")
+    assert_error(post(server, "/v1/images/edits", content=b"junk", headers={**AUTH, "content-type": "multipart/form-data; boundary=b"}),
+                 400, None, "not a valid multipart form")
     assert_error(post(server, "/v1/images/edits", data=form, files={"image": ("a.png", b"junk", "image/png")}),
                  400, "image[0]", "not a readable image")
     assert_error(post(server, "/v1/images/edits", data={**form, "size": "7x7"}, files={"image": ("a.png", png.getvalue(), "image/png")}),

@@ -52,7 +52,7 @@ def health(server) -> dict:
 
 
 @pytest.mark.parametrize("fault, code, match", [
-    ("raise", "generation_failed", "RuntimeError: injected test fault"),
+    ("raise", "generation_failed", "RuntimeError: injected test fault (fastdit_test_fault=raise)"),  # its 2 lines as 1
     ("oom", "out_of_memory", "ran out of memory"),
 ])
 def test_a_failing_request_is_500_and_the_next_succeeds(server, fault, code, match):

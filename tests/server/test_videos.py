@@ -100,3 +100,6 @@ def test_bad_video_requests_and_image_routes(server):
     response = httpx.post(server.url + "/v1/images/generations", json={"prompt": "p"})
     assert response.status_code == 400 and "does not support image generation" in response.json()["error"]["message"]
     assert httpx.get(server.url + "/v1/videos/video_nope").status_code == 404
+    response = httpx.get(server.url + "/v1/videos", params={"limit": "abc"})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "limit"
+    assert response.json()["error"]["message"].startswith("limit='abc' is not allowed: Input should be a valid integer")

@@ -68,11 +68,19 @@ async def read_json(request: Request) -> Any:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise errors.bad_request(f"the request body is not valid JSON: {exc}", None, "invalid_json") from None
+    except RecursionError:  # e.g. 100k nested arrays: Python's parser recurses once per level
+        raise errors.bad_request("the request body is not valid JSON: it nests too deeply", None, "invalid_json") from None
 
 
 async def read_form(request: Request) -> tuple[dict[str, str], dict[str, list[bytes]]]:
     """A multipart form -> (text fields, {name: [file bytes]}); repeated file fields (image[]) keep every file."""
-    form = await request.form()
+    try:
+        form = await request.form()
+    except StarletteHTTPException as exc:  # Starlette's "Invalid multipart data." names no cause; ours says what to send
+        raise errors.bad_request(
+            f"the request body is not a valid multipart form ({exc.detail}): send multipart/form-data fields and files",
+            None, "invalid_form",
+        ) from None
     fields: dict[str, str] = {}
     files: dict[str, list[bytes]] = {}
     for name, value in form.multi_items():
@@ -93,11 +101,17 @@ def _install_error_handlers(app: FastAPI) -> None:
         body = errors.error_body(str(exc.detail), errors.type_for_status(exc.status_code), None, None)
         return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette answers with this, then re-raises: uvicorn logs the traceback, the client gets OpenAI's shape.
+        return JSONResponse(errors.error_body(f"internal server error ({type(exc).__name__})", "server_error", None, "internal_error"), 500)
+
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"msg": "invalid request", "loc": ()}
         param = ".".join(str(part) for part in first.get("loc", ())[1:]) or None
-        return JSONResponse(errors.error_body(f"{param}: {first['msg']}", "invalid_request_error", param, "invalid_value"), 400)
+        message = f"{param}={first.get('input')!r} is not allowed: {first['msg']}"
+        return JSONResponse(errors.error_body(message, "invalid_request_error", param, "invalid_value"), 400)
 
 
 class Server:

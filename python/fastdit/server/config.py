@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 LOAD_FORMATS = ("auto", "dummy")
-DTYPES = ("bfloat16", "float16", "float32")
+DTYPES = ("auto", "bfloat16", "float16", "float32")  # auto: bfloat16 on a GPU, float32 on a CPU
 
 
 @dataclass(frozen=True)
@@ -18,9 +18,11 @@ class WorkerOptions:
     model_path: str
     load_format: str = "auto"
     device: str | None = None
-    dtype: str = "bfloat16"
+    dtype: str = "auto"
     attention_backend: str = "auto"
     kernel_backend: str = "auto"
+    cuda_graph: bool | None = None  # None: on for a CUDA device (one graph per batch shape), off elsewhere
+    torch_compile: bool = False
     enable_test_faults: bool = False
 
     def __post_init__(self) -> None:
@@ -45,6 +47,7 @@ class ServerConfig:
     max_pixels: int = 2048 * 2048
     max_body_bytes: int = 64 * 1024 * 1024
     result_ttl_s: float = 3600.0
+    shutdown_timeout_s: float = 60.0
     worker_load_timeout_s: float = 1800.0
 
     def __post_init__(self) -> None:
@@ -55,6 +58,8 @@ class ServerConfig:
         _check_int("max_body_bytes", self.max_body_bytes, 1024, 1 << 40)
         if not self.result_ttl_s > 0:
             raise ValueError(f"result_ttl_s={self.result_ttl_s} is not allowed: it must be a number of seconds > 0")
+        if not 0 <= self.shutdown_timeout_s <= 86400:
+            raise ValueError(f"shutdown_timeout_s={self.shutdown_timeout_s} is not allowed: it must be seconds in [0, 86400]")
         if self.api_key is not None and not self.api_key:
             raise ValueError("api_key='' is not allowed: leave it unset to serve without a key, or give a non-empty key")
 

@@ -22,6 +22,9 @@ import dataclasses
 import io
 import multiprocessing
 import os
+import signal
+import sys
+import threading
 import time
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -41,13 +44,12 @@ class WorkerDied(RuntimeError):
 
 # ----------------------------------------------------------------------------------------------------- worker side
 def _load_pipeline(options: WorkerOptions):
-    import torch
-
     import fastdit
 
     return fastdit.Pipeline.from_pretrained(
-        options.model_path, device=options.device, dtype=getattr(torch, options.dtype), load_format=options.load_format,
+        options.model_path, device=options.device, dtype=options.dtype, load_format=options.load_format,
         attention_backend=options.attention_backend, kernel_backend=options.kernel_backend,
+        cuda_graph=options.cuda_graph, torch_compile=options.torch_compile,
     )
 
 
@@ -76,7 +78,7 @@ def _inject_fault(fault: str | None) -> None:
     if fault is None:
         return
     if fault == "raise":
-        raise RuntimeError("injected test fault (fastdit_test_fault=raise)")
+        raise RuntimeError("injected test fault\n(fastdit_test_fault=raise)")  # two lines: the answer must be one
     if fault == "oom":
         raise torch.OutOfMemoryError("injected test fault: CUDA out of memory (fastdit_test_fault=oom)")
     time.sleep(float(fault.removeprefix("sleep:")))
@@ -101,12 +103,18 @@ def _build_request(specs: list[GenerationSpec]):
     )
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (CUDA and compiler errors span several): whitespace runs become one space."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def _failure(exc: BaseException) -> dict[str, Any]:
     import torch
 
     if isinstance(exc, torch.OutOfMemoryError):
-        return {"ok": False, "status": 500, "code": "out_of_memory", "message": f"the device ran out of memory: {exc}"}
-    return {"ok": False, "status": 500, "code": "generation_failed", "message": f"generation failed: {type(exc).__name__}: {exc}"}
+        return {"ok": False, "status": 500, "code": "out_of_memory", "message": f"the device ran out of memory: {one_line(exc)}"}
+    return {"ok": False, "status": 500, "code": "generation_failed",
+            "message": f"generation failed: {type(exc).__name__}: {one_line(exc)}"}
 
 
 def _encode_outcomes(specs: list[GenerationSpec], result: Any, default_fps: int | None) -> list[dict[str, Any]]:
@@ -140,7 +148,7 @@ def run_batch(pipe: Any, specs: list[GenerationSpec], faults_enabled: bool) -> l
     try:
         request = _build_request(specs)
     except ValueError as exc:  # the pipeline's own validation: the client's fault
-        return [{"ok": False, "status": 400, "code": "invalid_value", "message": str(exc)} for _ in specs]
+        return [{"ok": False, "status": 400, "code": "invalid_value", "message": one_line(exc)} for _ in specs]
     try:
         if faults_enabled:
             _inject_fault(specs[0].test_fault)
@@ -152,7 +160,7 @@ def run_batch(pipe: Any, specs: list[GenerationSpec], faults_enabled: bool) -> l
         if len(specs) > 1:
             return [run_batch(pipe, [spec], faults_enabled)[0] for spec in specs]
         if isinstance(exc, ValueError):
-            return [{"ok": False, "status": 400, "code": "invalid_value", "message": str(exc)}]
+            return [{"ok": False, "status": 400, "code": "invalid_value", "message": one_line(exc)}]
         return [_failure(exc)]
 
 
@@ -168,26 +176,53 @@ def _memory_stats(pipe: Any) -> dict[str, int] | None:
     }
 
 
+def _exit_now(code: int) -> None:
+    """End the worker without the interpreter's teardown: freeing torch's modules takes seconds (4-5 s on the CI
+    CPU machine, measured with flux-tiny) and holds nothing the worker still needs; the OS reclaims the device."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _send(conn: Connection, message: tuple) -> None:
+    try:
+        conn.send(message)
+    except (OSError, BrokenPipeError):  # the server went away: nobody is left to answer
+        _exit_now(0)
+
+
 def worker_main(conn: Connection, options: WorkerOptions) -> None:
-    """Entry point of the worker process."""
+    """Entry point of the worker process.
+
+    SIGINT and SIGTERM are ignored: Ctrl-C in a terminal (and a service manager's stop) reach the whole process
+    group, and the server decides when the worker ends, after the requests it holds are answered; the server
+    kills a worker that does not stop when asked.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # tqdm (the runner's progress bar, disabled here) would create a multiprocessing semaphore, which _exit_now
+    # leaves behind for the resource tracker to clean up with a warning; a thread lock is all one process needs.
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())
     try:
         pipe = _load_pipeline(options)
     except Exception as exc:  # noqa: BLE001 - reported to the parent as one line, which exits with it
-        conn.send(("load_failed", f"{type(exc).__name__}: {exc}"))
-        return
-    conn.send(("ready", _pipeline_info(pipe)))
+        _send(conn, ("load_failed", f"{type(exc).__name__}: {one_line(exc)}"))
+        _exit_now(1)
+    _send(conn, ("ready", _pipeline_info(pipe)))
     while True:
         try:
             message = conn.recv()
         except (EOFError, OSError):  # the server went away: nothing left to answer
-            return
+            _exit_now(0)
         if message[0] == "stop":
-            return
+            _exit_now(0)
         _, batch_id, specs = message
         start = time.perf_counter()
         outcomes = run_batch(pipe, specs, options.enable_test_faults)
         stats = {"memory": _memory_stats(pipe), "batch_ms": (time.perf_counter() - start) * 1e3}
-        conn.send(("result", batch_id, outcomes, stats))
+        _send(conn, ("result", batch_id, outcomes, stats))
 
 
 # ----------------------------------------------------------------------------------------------------- parent side
@@ -217,14 +252,16 @@ class WorkerHandle:
         child_conn.close()
         self.conn = parent_conn
         ready = wait([parent_conn, self.process.sentinel], timeout=timeout_s)
-        if parent_conn not in ready:
+        if not ready:
             self.stop()
             raise RuntimeError(f"the worker did not load {self.options.model_path!r} within {timeout_s:g} s")
         try:
-            message = parent_conn.recv()
+            message = parent_conn.recv()  # a message sent just before the process ended is still readable
         except EOFError:
+            self.process.join(timeout=5)
+            code = self.process.exitcode
             self.stop()
-            raise RuntimeError(f"the worker process died while loading {self.options.model_path!r}") from None
+            raise RuntimeError(f"the worker process died while loading {self.options.model_path!r} (exit code {code})") from None
         if message[0] != "ready":
             self.stop()
             raise RuntimeError(f"loading {self.options.model_path!r} failed: {message[1]}")
@@ -263,7 +300,7 @@ class WorkerHandle:
             self.process.join(timeout=timeout_s)
         if self.process.is_alive():
             self.process.kill()
-            self.process.join(timeout=timeout_s)
+            self.process.join(timeout=5)  # SIGKILL is not refused: this only waits for the OS to reap it
         if self.conn is not None:
             self.conn.close()
         self.conn = None
