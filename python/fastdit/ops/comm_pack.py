@@ -15,11 +15,11 @@ import torch
 
 from fastdit.ops import _library
 
-_ARGTYPES = [
+_ARGTYPES = (  # a tuple: _library.export caches by its arguments
     ctypes.c_void_p, ctypes.c_void_p,
     ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_int64),
     ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
-]
+)
 
 
 def comm_pack_ref(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
