@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 from fractions import Fraction
 
-import av
 import numpy as np
 from PIL import Image
 
@@ -32,6 +31,15 @@ def _as_array(frame) -> np.ndarray:
     return array
 
 
+def _pyav():
+    """PyAV (the "video" extra), imported on first use so that image-only installs load the video recipes."""
+    try:
+        import av
+    except ImportError:
+        raise RuntimeError("writing or reading MP4 needs PyAV: pip install 'fastdit[video]' (or pip install av)") from None
+    return av
+
+
 def write_mp4(frames: list, path: str, fps: int) -> None:
     """Encode `frames` (PIL images or uint8 [H, W, 3]) as H.264 MP4 at `fps` frames per second."""
     if not frames:
@@ -42,6 +50,7 @@ def write_mp4(frames: list, path: str, fps: int) -> None:
     height, width = arrays[0].shape[:2]
     if height % 2 or width % 2:
         raise ValueError(f"video size {width}x{height} is not allowed: H.264 yuv420p needs even sides")
+    av = _pyav()
     with av.open(path, mode="w", format="mp4") as container:
         stream = container.add_stream(CODEC, rate=Fraction(fps, 1), options={"crf": CRF})
         stream.width, stream.height, stream.pix_fmt = width, height, PIXEL_FORMAT
@@ -56,6 +65,7 @@ def write_mp4(frames: list, path: str, fps: int) -> None:
 
 def read_mp4(path: str) -> tuple[np.ndarray, float]:
     """Decode every frame of a video file: (uint8 [F, H, W, 3] RGB, frames per second)."""
+    av = _pyav()
     with av.open(path) as container:
         stream = container.streams.video[0]
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
