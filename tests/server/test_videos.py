@@ -7,12 +7,13 @@ from __future__ import annotations
 import io
 import time
 
-import av
 import httpx
-import openai
 import pytest
 
 from tests.server.conftest import running_server
+
+av = pytest.importorskip("av")
+openai = pytest.importorskip("openai")  # absent on the GPU machine (which collects every test file); CI has them
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the client marks its Sora API deprecated
 FAST = {"num_inference_steps": 1}
