@@ -72,7 +72,9 @@ class GraphedDenoiser:
     """Calls `model(*args, **kwargs)` through a CUDA graph captured per input signature (module docstring).
 
     Calls whose tensors are not all on a CUDA device run the model eagerly. `captures` counts the graphs
-    captured so far (tests use it to see a new shape re-capture and a known one replay)."""
+    captured so far (tests use it to see a new shape re-capture and a known one replay). A capture that
+    fails (an op that cannot be captured, e.g. one that synchronizes) logs a warning with the reason, sets
+    `failure`, and every later call runs eagerly: the same numbers, without the graph's speed."""
 
     def __init__(self, model: torch.nn.Module, max_graphs: int = MAX_GRAPHS, warmup_calls: int = WARMUP_CALLS):
         if max_graphs < 1:
@@ -81,18 +83,26 @@ class GraphedDenoiser:
         self.max_graphs = max_graphs
         self.warmup_calls = warmup_calls
         self.captures = 0
+        self.failure: str | None = None
         self._graphs: OrderedDict[tuple, _Captured] = OrderedDict()
         self._pool = None
 
     def __call__(self, *args, **kwargs):
         leaves, spec = pytree.tree_flatten((args, kwargs))
         tensors = [x for x in leaves if isinstance(x, torch.Tensor)]
-        if not tensors or any(t.device.type != "cuda" for t in tensors):
+        if self.failure is not None or not tensors or any(t.device.type != "cuda" for t in tensors):
             return self.model(*args, **kwargs)
         key = (spec, _signature(leaves))
         captured = self._graphs.get(key)
         if captured is None:
-            captured = self._capture(leaves, spec, tensors[0].device)
+            try:
+                captured = self._capture(leaves, spec, tensors[0].device)
+            except RuntimeError as err:
+                self.failure = " ".join(str(err).split())[:300]
+                self._graphs.clear()
+                get_logger().warning("CUDA graph capture of %s failed, running its steps eagerly: %s",
+                                     type(self.model).__name__, self.failure)
+                return self.model(*args, **kwargs)
             self._graphs[key] = captured
             while len(self._graphs) > self.max_graphs:
                 self._graphs.popitem(last=False)
