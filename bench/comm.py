@@ -1,7 +1,7 @@
 """Ulysses pack/unpack (comm_pack) bandwidth against a plain device copy, and the single-GPU cost of the
 distributed code path (degrees all 1) on a full FLUX transformer step.
 
-    python bench/comm.py --out comm.json                      # H100: Wan-14B 720p shapes, FLUX.1-dev step
+    python bench/comm.py --json comm.json                    # H100: Wan-14B 720p shapes, FLUX.1-dev step
     python bench/comm.py --tokens 4096 --model flux-tiny --steps 3   # smoke run (CPU works, torch only)
 
 Shapes: B=1, S=75600 image tokens (Wan2.1-14B 720p: 21 x 45 x 80 latent tokens), 40 heads x 128, bf16;
@@ -115,7 +115,7 @@ def main() -> None:
     p.add_argument("--model", default="FLUX.1-dev")
     p.add_argument("--flux-tokens", type=int, default=4096)
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--out", default=None)
+    p.add_argument("--json", default=None, help="write the rows here")
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     flush = torch.empty(256 << 20, dtype=torch.uint8, device=device) if device.type == "cuda" else None
@@ -127,8 +127,8 @@ def main() -> None:
     plan = bench_plan(args, device, flush)
     print(f"{plan['model']} step, {plan['tokens']} tokens: plain {plan['plain_ms']:.2f} ms, "
           f"SP plan with degrees 1 {plan['plan_ms']:.2f} ms ({plan['overhead']:+.2%})")
-    if args.out:
-        with open(args.out, "w") as f:
+    if args.json:
+        with open(args.json, "w") as f:
             json.dump(dict(device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                            pack=rows, plan=plan), f, indent=1)
 

@@ -97,6 +97,16 @@ def _failure(err: BaseException) -> tuple[str, str]:
     return "internal", "".join(traceback.format_exception(err))
 
 
+def _reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_memory(device: torch.device) -> int | None:
+    """Bytes allocated at the peak since the last reset (None off CUDA)."""
+    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+
+
 def _serve_rank(groups: ParallelGroups, model: str, load_kwargs: dict, requests, replies) -> None:
     """A rank's life: load, plan, then run every broadcast request until None arrives."""
     import torch.distributed as dist
@@ -124,12 +134,15 @@ def _serve_rank(groups: ParallelGroups, model: str, load_kwargs: dict, requests,
         request, save, show_progress = item
         if not leader:  # followers skip decode and save: rank 0 owns the output
             request, save = dataclasses.replace(request, output_type="latent"), None
+        _reset_peak_memory(groups.device)
         try:
             reply = ("ok", pipe.run(request, save=save, show_progress=show_progress and leader))
         except Exception as err:  # every rank refuses the same request the same way: keep serving
             reply = ("error", *_failure(err))
+        peaks = [None] * groups.config.world_size
+        dist.all_gather_object(peaks, _peak_memory(groups.device))
         if leader:
-            replies.put(_serialize(reply))
+            replies.put(_serialize((*reply, peaks) if reply[0] == "ok" else reply))
 
 
 def _device_type(device, config: ParallelConfig) -> str:
@@ -151,11 +164,13 @@ class PipelineWorkers:
     """`config.world_size` ranks holding one pipeline; `run(request)` as Pipeline.run, one request at a time.
 
     Also reads like a Pipeline: `model_id`, `task`, `dtype`, `device`, `defaults` (and `info`, a PipelineInfo
-    with the recipe class, video defaults and resolved attention backend), from rank 0.
+    with the recipe class, video defaults and resolved attention backend), from rank 0. After each run,
+    `peak_memory[r]` is rank r's peak allocated CUDA bytes during it (None on CPU).
     """
 
     def __init__(self, config: ParallelConfig, model: str, device: str | torch.device | None = None, **load_kwargs):
         self.config = config
+        self.peak_memory: list[int | None] = []
         device_type = _device_type(device, config)
         check_devices(config, device_type)
         if config.world_size == 1:
@@ -190,6 +205,8 @@ class PipelineWorkers:
         if status == "error":
             kind, message = payload
             raise ValueError(message) if kind == "value" else RuntimeError(f"a rank failed:\n{message}")
+        if len(payload) > 1:  # a run's reply carries every rank's peak memory
+            self.peak_memory = payload[1]
         return payload[0]
 
     model_id = property(lambda self: self.info.model_id)
@@ -202,11 +219,16 @@ class PipelineWorkers:
         if request.seed is None:  # drawn once, here: every rank must draw the same noise
             request = dataclasses.replace(request, seed=secrets.randbits(63))
         if self.ranks is None:
-            return self.pipe.run(request, save=save, show_progress=show_progress)
+            _reset_peak_memory(self.pipe.device)
+            result = self.pipe.run(request, save=save, show_progress=show_progress)
+            self.peak_memory = [_peak_memory(self.pipe.device)]
+            return result
         self.requests.put((request, save, show_progress))
         return self._reply()
 
     def close(self) -> None:
+        """Stops the ranks (or drops the in-process pipeline), freeing their GPU memory."""
+        self.pipe = None
         if self.ranks is not None:
             self.requests.put(None)
             self.ranks.wait(timeout_s=120)
