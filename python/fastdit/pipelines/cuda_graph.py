@@ -74,7 +74,8 @@ class GraphedDenoiser:
     Calls whose tensors are not all on a CUDA device run the model eagerly. `captures` counts the graphs
     captured so far (tests use it to see a new shape re-capture and a known one replay). A capture that
     fails (an op that cannot be captured, e.g. one that synchronizes) logs a warning with the reason, sets
-    `failure`, and every later call runs eagerly: the same numbers, without the graph's speed."""
+    `failure`, and every later call runs eagerly: the same numbers, without the graph's speed. Errors of the
+    model itself (raised by the eager warm-up calls) and out-of-memory propagate as they would eagerly."""
 
     def __init__(self, model: torch.nn.Module, max_graphs: int = MAX_GRAPHS, warmup_calls: int = WARMUP_CALLS):
         if max_graphs < 1:
@@ -95,8 +96,12 @@ class GraphedDenoiser:
         key = (spec, _signature(leaves))
         captured = self._graphs.get(key)
         if captured is None:
+            device = tensors[0].device
+            static_leaves = self._warm_up(leaves, spec, device)  # the model's own errors propagate from here
             try:
-                captured = self._capture(leaves, spec, tensors[0].device)
+                captured = self._record(static_leaves, spec, device)
+            except torch.OutOfMemoryError:
+                raise  # not a capture problem: the next call of this shape tries again
             except RuntimeError as err:
                 self.failure = " ".join(str(err).split())[:300]
                 self._graphs.clear()
@@ -116,8 +121,8 @@ class GraphedDenoiser:
         args, kwargs = pytree.tree_unflatten(static_leaves, spec)
         return self.model(*args, **kwargs)
 
-    def _capture(self, leaves: list[Any], spec, device: torch.device) -> _Captured:
-        """Warm up on a side stream, then capture one call on static copies of the tensor arguments."""
+    def _warm_up(self, leaves: list[Any], spec, device: torch.device) -> list[Any]:
+        """Static copies of the tensor arguments, and `warmup_calls` eager calls on them on a side stream."""
         static_leaves = [x.clone() if isinstance(x, torch.Tensor) else x for x in leaves]
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
@@ -125,13 +130,18 @@ class GraphedDenoiser:
             for _ in range(self.warmup_calls):
                 self._call_static(static_leaves, spec)
         torch.cuda.current_stream(device).wait_stream(side)
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.device(device), torch.cuda.graph(graph, pool=self._pool):
-            static_output = self._call_static(static_leaves, spec)
+        return static_leaves
+
+    def _record(self, static_leaves: list[Any], spec, device: torch.device) -> _Captured:
+        """Capture one call on the static arguments into the shared pool."""
+        with torch.cuda.device(device):
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool):
+                static_output = self._call_static(static_leaves, spec)
         self.captures += 1
-        shapes = [tuple(x.shape) for x in leaves if isinstance(x, torch.Tensor)]
+        shapes = [tuple(x.shape) for x in static_leaves if isinstance(x, torch.Tensor)]
         get_logger().info("CUDA graph %d captured for %s with inputs %s", self.captures,
                           type(self.model).__name__, shapes[:2])
         static_inputs = {i: x for i, x in enumerate(static_leaves) if isinstance(x, torch.Tensor)}
