@@ -3,6 +3,7 @@ chunked torch fallback equals one-shot attention (fp32)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from fastdit.distributed.ring import attention_with_lse_torch, merge_attention_
@@ -38,3 +39,28 @@ def test_chunked_fallback_equals_one_shot():
     want_lse = torch.logsumexp(torch.einsum("bqhd,bkhd->bhqk", q, k) * 8**-0.5, dim=-1)
     assert torch.allclose(lse, want_lse, atol=1e-5)
     assert ((out - attention(q, k, v)).norm() / out.norm()).item() <= 1e-6
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["auto", "fastdit", "triton", "sdpa", "sdpa-cudnn"])
+def test_gpu_ring_merge_of_attention_op_blocks_equals_full_attention(backend):
+    """The ring merges the AttentionOp's own with_lse blocks: their lse must be natural-log softmax
+    normalisers, or the merged result drifts. bf16, D=128, uneven blocks (text + own image keys, then a
+    peer's), keys long enough for auto to pick the long-sequence kernel."""
+    from fastdit.layers.attention import make_attention_op
+
+    try:
+        op = make_attention_op(backend, torch.device("cuda"), torch.bfloat16, 128)
+    except ValueError as err:
+        pytest.skip(f"{backend}: {err}")
+    gen = torch.Generator(device="cuda").manual_seed(2)
+    q = torch.randn(1, 1000, 4, 128, device="cuda", dtype=torch.bfloat16, generator=gen)
+    k, v = (torch.randn(1, 17000, 4, 128, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(2))
+    split = 8517  # 512 text + 8005 own image keys; the peer's 8483
+    out, lse = op.with_lse(q, k[:, :split], v[:, :split])
+    assert lse.shape == (1, 4, 1000) and lse.dtype == torch.float32
+    out, lse = out.float(), lse.clone()
+    merge_attention_(out, lse, *op.with_lse(q, k[:, split:], v[:, split:]))
+    want_out, want_lse = attention_with_lse_torch(q.float(), k.float(), v.float())
+    assert ((out - want_out).norm() / want_out.norm()).item() <= 2e-2
+    assert (lse - want_lse).abs().max().item() <= 2e-2
