@@ -29,7 +29,7 @@ diffusers = pytest.importorskip("diffusers")
 class _GemmCounter(TorchDispatchMode):
     """Counts the matrix multiplies that reach the aten level (F.linear lowers to addmm/mm; addmm_ accumulates)."""
 
-    GEMMS = ("aten.addmm.default", "aten.addmm_.default", "aten.mm.default", "aten.bmm.default",
+    GEMMS = ("aten.addmm.default", "aten.addmm.out", "aten.addmm_.default", "aten.mm.default", "aten.bmm.default",
              "aten.baddbmm.default")
 
     def __init__(self):
@@ -68,7 +68,7 @@ def test_fused_parity_with_diffusers_and_gemm_count(tmp_path):
             got = fused(**inputs)
         assert _rel_l2(got, expected) <= 1e-4, (h, w, txt_len)
     # GEMMs per forward: embedders 2 + time/guidance/text MLPs 6 + proj_out 1, plus per double block
-    # (q,k,v x2 + 2 out + 4 ff + 2 adaLN) or fused (2 qkv + 2 out + 4 ff), per single block (q,k,v,mlp,adaLN
+    # (q,k,v x2 + 2 out + 4 ff + 2 adaLN) or fused (2 qkv per sample, batch 1 here + 2 out + 4 ff), per single block (q,k,v,mlp,adaLN
     # + proj_out as 2 accumulating GEMMs) or fused (linear1's qkv and mlp row blocks + the same 2 for proj_out),
     # and norm_out's adaLN (unfused) or the one modulation GEMM (fused).
     n2, n1 = TINY["num_layers"], TINY["num_single_layers"]
