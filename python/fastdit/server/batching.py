@@ -7,12 +7,13 @@ Requests that must run alone get a key of their own (the job id):
     (a batch shares one noise generator, so batched outputs depend on their batch mates);
   - videos (a clip is already the whole GPU's work), and requests carrying a test fault.
 `take_batch` is FIFO-fair: the oldest request always runs next; younger requests with its key join it while the
-batch holds at most `max_images` images (sum of n).
+batch holds at most `max_images` images (sum of n). The engine may hold a batch that is not full for a few
+milliseconds (--batch-wait-ms) so that requests sent together, or sent right after their answers, meet.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, MutableSequence
+from collections.abc import Hashable, MutableSequence, Sequence
 from typing import Protocol
 
 from fastdit.server.schemas import GenerationSpec
@@ -32,10 +33,10 @@ def batch_key(job_id: str, spec: GenerationSpec) -> Hashable:
     )
 
 
-def take_batch(queue: MutableSequence[Batchable], max_images: int) -> list[Batchable]:
-    """Remove and return the next batch from `queue` (oldest first); [] when the queue is empty.
+def plan_batch(queue: Sequence[Batchable], max_images: int) -> list[Batchable]:
+    """The batch `take_batch` would take now, leaving `queue` as it is ([] when empty).
 
-    The head is always taken, even when its n alone exceeds max_images (validation bounds n by the same limit).
+    The head is always in it, even when its n alone exceeds max_images (validation bounds n by the same limit).
     """
     if not queue:
         return []
@@ -48,6 +49,17 @@ def take_batch(queue: MutableSequence[Batchable], max_images: int) -> list[Batch
         if batch_key(job.id, job.spec) == key:
             batch.append(job)
             images += job.spec.n
+    return batch
+
+
+def batch_is_full(batch: Sequence[Batchable], max_images: int) -> bool:
+    """No further request could join: the image budget is spent, or the head runs alone."""
+    return not batch or sum(job.spec.n for job in batch) >= max_images or batch_key(batch[0].id, batch[0].spec)[0] == "alone"
+
+
+def take_batch(queue: MutableSequence[Batchable], max_images: int) -> list[Batchable]:
+    """Remove and return the next batch from `queue` (oldest first); [] when the queue is empty."""
+    batch = plan_batch(queue, max_images)
     for job in batch:
         queue.remove(job)
     return batch

@@ -44,6 +44,7 @@ class ServerConfig:
     api_key: str | None = None
     max_queue: int = 64
     max_batch_size: int = 4
+    batch_wait_ms: float = 10.0
     max_pixels: int = 2048 * 2048
     max_body_bytes: int = 64 * 1024 * 1024
     result_ttl_s: float = 3600.0
@@ -58,6 +59,8 @@ class ServerConfig:
         _check_int("max_body_bytes", self.max_body_bytes, 1024, 1 << 40)
         if not self.result_ttl_s > 0:
             raise ValueError(f"result_ttl_s={self.result_ttl_s} is not allowed: it must be a number of seconds > 0")
+        if not 0 <= self.batch_wait_ms <= 10_000:
+            raise ValueError(f"batch_wait_ms={self.batch_wait_ms} is not allowed: it must be milliseconds in [0, 10000]")
         if not 0 <= self.shutdown_timeout_s <= 86400:
             raise ValueError(f"shutdown_timeout_s={self.shutdown_timeout_s} is not allowed: it must be seconds in [0, 86400]")
         if self.api_key is not None and not self.api_key:

@@ -5,11 +5,13 @@
     fastdit_queue_depth                            requests waiting for the worker (not counting the running batch)
     fastdit_queue_wait_seconds                     time from admission to the start of the request's batch
     fastdit_batch_images                           images per worker batch
-    fastdit_stage_seconds{stage}                   per pipeline stage (encode, denoise, decode, ...), per batch
+    fastdit_stage_seconds{stage}                   per pipeline stage (encode = the prompt, denoise, decode, ...) and
+                                                   the worker's "encode_output" (PNG/JPEG/WEBP/MP4 bytes), per batch
     fastdit_images_generated_total / fastdit_videos_generated_total
     fastdit_worker_restarts_total
-    fastdit_gpu_memory_bytes{kind}                 allocated / reserved / peak (max allocated) on the worker's GPU
-                                                   after the latest batch; absent on CPU
+    fastdit_gpu_memory_bytes{kind}                 allocated / reserved / peak (max allocated) / peak_reserved (max
+                                                   reserved: CUDA graph pools included) on the worker's GPU after the
+                                                   latest batch; absent on CPU
 """
 
 from __future__ import annotations
