@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=int, default=2048 * 2048, help="largest width*height a request may ask")
     p.add_argument("--max-body-bytes", type=int, default=64 * 1024 * 1024, help="larger request bodies get 413")
     p.add_argument("--result-ttl-s", type=float, default=3600.0, help="seconds stored images/videos stay downloadable")
+    p.add_argument("--max-stored-mb", type=int, default=4096,
+                   help="memory for url-format images and finished videos; beyond it the oldest go before their TTL")
     p.add_argument("--load-format", choices=LOAD_FORMATS, default="auto")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when visible)")
     p.add_argument("--shutdown-timeout-s", type=float, default=60.0,
@@ -66,7 +68,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig(
         worker=worker, host=args.host, port=args.port, api_key=args.api_key, max_queue=args.max_queue,
         max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms, max_pixels=args.max_pixels, max_body_bytes=args.max_body_bytes,
-        result_ttl_s=args.result_ttl_s, shutdown_timeout_s=args.shutdown_timeout_s,
+        result_ttl_s=args.result_ttl_s, max_stored_mb=args.max_stored_mb, shutdown_timeout_s=args.shutdown_timeout_s,
     )
 
 

@@ -61,6 +61,8 @@ def alive(pid: int) -> bool:
     (["--model-path", "flux-tiny", "--result-ttl-s", "0"], "result_ttl_s=0.0 is not allowed"),
     (["--model-path", "flux-tiny", "--shutdown-timeout-s", "-1"], "shutdown_timeout_s=-1.0 is not allowed"),
     (["--model-path", "flux-tiny", "--api-key", ""], "api_key='' is not allowed"),
+    (["--model-path", "flux-tiny", "--max-stored-mb", "0"], "max_stored_mb=0 is not allowed"),
+    (["--model-path", "flux-tiny", "--batch-wait-ms", "-5"], "batch_wait_ms=-5.0 is not allowed"),
     (["--model-path", "flux-tiny", "--load-format", "pt"], "invalid choice: 'pt'"),
     (["--model-path", "flux-tiny", "--dtype", "int8"], "invalid choice: 'int8'"),
 ])
@@ -137,10 +139,12 @@ def test_ctrl_c_answers_the_requests_in_flight_then_exits_0(tmp_path):
 def test_flags_become_the_config():
     args = build_parser().parse_args(["--model-path", "flux-tiny", "--max-queue", "8", "--max-pixels", "4096",
                                       "--api-key", "k", "--load-format", "dummy", "--dtype", "float32",
-                                      "--disable-cuda-graph", "--enable-torch-compile", "--shutdown-timeout-s", "5"])
+                                      "--disable-cuda-graph", "--enable-torch-compile", "--shutdown-timeout-s", "5",
+                                      "--max-stored-mb", "64", "--batch-wait-ms", "0"])
     config = config_from_args(args)
     assert (config.host, config.port, config.max_queue, config.max_pixels, config.api_key) == ("127.0.0.1", 30000, 8, 4096, "k")
     assert (config.worker.model_path, config.worker.load_format, config.worker.dtype) == ("flux-tiny", "dummy", "float32")
     assert (config.worker.cuda_graph, config.worker.torch_compile, config.shutdown_timeout_s) == (False, True, 5.0)
+    assert (config.max_stored_mb, config.batch_wait_ms) == (64, 0.0)
     defaults = config_from_args(build_parser().parse_args(["--model-path", "m"]))
     assert (defaults.worker.dtype, defaults.worker.cuda_graph, defaults.worker.torch_compile) == ("auto", None, False)

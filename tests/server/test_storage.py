@@ -1,4 +1,5 @@
-"""ResultStore: stored bytes come back until their TTL passes, then they are gone (clock injected, no sleeping)."""
+"""ResultStore: stored bytes come back until their TTL passes, then they are gone (clock injected, no sleeping);
+over its byte budget the oldest go first."""
 
 from __future__ import annotations
 
@@ -44,3 +45,22 @@ def test_delete_and_explicit_keys():
 def test_ttl_must_be_positive():
     with pytest.raises(ValueError, match="ttl_s=0 is not allowed"):
         ResultStore(ttl_s=0)
+
+
+def test_over_the_byte_budget_the_oldest_go_first():
+    store = ResultStore(ttl_s=60.0, max_bytes=10, clock=Clock())
+    a, b = store.put(b"aaaa", "image/png"), store.put(b"bbbb", "image/png")
+    c = store.put(b"cccc", "image/png")  # 12 bytes would not fit: a goes
+    assert store.get(a) is None and store.get(b).data == b"bbbb" and store.total_bytes == 8
+    store.put(b"dd", "image/png")  # exactly 10: nothing goes
+    assert store.get(b) is not None and store.total_bytes == 10
+    big = store.put(b"x" * 25, "image/png")  # larger than the budget: kept alone
+    assert len(store) == 1 and store.get(big) is not None and store.get(c) is None and store.total_bytes == 25
+    store.put(b"v1", "video/mp4", key="video_k")
+    store.put(b"v22", "video/mp4", key="video_k")  # the same key again replaces, and counts once
+    assert store.get("video_k").data == b"v22" and store.total_bytes == 3
+
+
+def test_max_bytes_must_be_positive():
+    with pytest.raises(ValueError, match="max_bytes=0 is not allowed"):
+        ResultStore(ttl_s=1.0, max_bytes=0)

@@ -121,7 +121,7 @@ class Server:
         self.config = config
         self.metrics = Metrics()
         self.engine = Engine(config, self.metrics, handle)
-        self.store = ResultStore(config.result_ttl_s)
+        self.store = ResultStore(config.result_ttl_s, max_bytes=config.max_stored_mb << 20)
         self.videos = VideoJobs(self.store)
         self.started_at = int(time.time())
         video = handle.info.get("video_defaults") or {}
@@ -161,7 +161,8 @@ def _image_routes(app: FastAPI, server: Server) -> None:
     async def image_content(image_id: str) -> Response:
         item = server.store.get(image_id)
         if item is None or not image_id.startswith("img_"):
-            raise errors.not_found(f"image {image_id!r} does not exist or has expired (results are kept {server.config.result_ttl_s:g} s)", "image_id")
+            raise errors.not_found(f"image {image_id!r} does not exist or has expired (results are kept {server.config.result_ttl_s:g} s, "
+                                   f"at most --max-stored-mb {server.config.max_stored_mb} MB of them)", "image_id")
         return Response(item.data, media_type=item.media_type)
 
     @app.post("/v1/images/edits")
@@ -241,8 +242,11 @@ def _video_routes(app: FastAPI, server: Server) -> None:
     async def video_content(video_id: str) -> Response:
         record = get_record(video_id)
         item = server.store.get(video_id)
-        if record.status != "completed" or item is None:
+        if record.status != "completed":
             raise errors.bad_request(f"video {video_id!r} is {record.status}: its content exists once it is completed", "video_id", "not_ready")
+        if item is None:
+            raise errors.not_found(f"the content of video {video_id!r} was dropped: this server keeps at most "
+                                   f"--max-stored-mb {server.config.max_stored_mb} MB of results, oldest dropped first", "video_id")
         return Response(item.data, media_type=item.media_type)
 
 

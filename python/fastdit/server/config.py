@@ -48,6 +48,7 @@ class ServerConfig:
     max_pixels: int = 2048 * 2048
     max_body_bytes: int = 64 * 1024 * 1024
     result_ttl_s: float = 3600.0
+    max_stored_mb: int = 4096
     shutdown_timeout_s: float = 60.0
     worker_load_timeout_s: float = 1800.0
 
@@ -57,6 +58,7 @@ class ServerConfig:
         _check_int("max_batch_size", self.max_batch_size, 1, 64)
         _check_int("max_pixels", self.max_pixels, 16 * 16, 1 << 40)
         _check_int("max_body_bytes", self.max_body_bytes, 1024, 1 << 40)
+        _check_int("max_stored_mb", self.max_stored_mb, 1, 1 << 30)
         if not self.result_ttl_s > 0:
             raise ValueError(f"result_ttl_s={self.result_ttl_s} is not allowed: it must be a number of seconds > 0")
         if not 0 <= self.batch_wait_ms <= 10_000:
