@@ -149,6 +149,11 @@ def test_cuda_graph_switch_resolution():
 # GPU
 
 
+# Replays run the same kernels as eager calls; 1e-2 leaves room for a GEMM algorithm picked differently under
+# capture (bf16 rounding), while a stale static input or an overwritten output would be off by ~1.
+GRAPH_TOL = 1e-2
+
+
 def _graph_vs_eager(config: FluxTransformerConfig, side: int, txt_len: int) -> None:
     model = _model(config, "cuda", torch.bfloat16)
     graphed = GraphedDenoiser(model)
@@ -161,11 +166,11 @@ def _graph_vs_eager(config: FluxTransformerConfig, side: int, txt_len: int) -> N
             got = graphed(*args, rope=rope)
             expected = model(*args, rope=rope)
             assert got.shape == expected.shape == (batch, side * side, config.out_dim)
-            assert _rel_l2(got, expected) <= 1e-3, (batch, seed)
+            assert _rel_l2(got, expected) <= GRAPH_TOL, (batch, seed)
             outputs.append((got, expected))
         assert graphed.failure is None and graphed.captures == 2  # batch 1 and 2; the other calls replayed
         for got, expected in outputs:  # earlier results are copies: later replays did not overwrite them
-            assert _rel_l2(got, expected) <= 1e-3
+            assert _rel_l2(got, expected) <= GRAPH_TOL
 
 
 @pytest.mark.gpu
@@ -229,7 +234,7 @@ def test_pipeline_graphed_equals_eager_and_recaptures_per_shape():
     for height, width in ((256, 256), (256, 384), (256, 256)):
         kwargs = dict(height=height, width=width, num_inference_steps=3, seed=5, output_type="latent",
                       show_progress=False)
-        assert _rel_l2(graphed("a red fox", **kwargs), eager("a red fox", **kwargs)) <= 1e-3
+        assert _rel_l2(graphed("a red fox", **kwargs), eager("a red fox", **kwargs)) <= GRAPH_TOL
     assert graphed.recipe.denoiser.failure is None and graphed.recipe.denoiser.captures == 2
 
 
