@@ -21,7 +21,7 @@ FAST = {"num_inference_steps": 1}
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    with running_server("--enable-test-faults", "--result-ttl-s", "600", model="wan-tiny",
+    with running_server("--enable-test-faults", "--result-ttl-s", "600", "--max-queue", "1", model="wan-tiny",
                         tmp_dir=tmp_path_factory.mktemp("server")) as running:
         yield running
 
@@ -86,6 +86,9 @@ def test_failed_job_and_content_before_completion(client, server):
     assert wait_for(client, held.id, statuses=("in_progress",)).status == "in_progress"
     response = httpx.get(f"{server.url}/v1/videos/{queued.id}/content")
     assert response.status_code == 400 and response.json()["error"]["code"] == "not_ready"
+    with pytest.raises(openai.RateLimitError):  # --max-queue 1: a second waiting job is refused...
+        client.videos.create(prompt="w", extra_body={**FAST, "size": "32x32"})
+    assert [v.id for v in client.videos.list().data][:2] == [queued.id, held.id]  # ...and leaves no record behind
     client.videos.delete(queued.id)  # still queued: it leaves the queue and never runs
     assert httpx.get(server.url + "/health").json()["queue_depth"] == 0
     assert wait_for(client, held.id).status == "completed"

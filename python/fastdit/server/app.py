@@ -202,7 +202,11 @@ def _video_routes(app: FastAPI, server: Server) -> None:
         def started() -> None:
             record.status = "in_progress"
 
-        record.job = server.engine.submit(spec, on_start=started)
+        try:
+            record.job = server.engine.submit(spec, on_start=started)
+        except errors.APIError:  # 429 queue full / 503: no job, so no record either
+            server.videos.delete(record.id)
+            raise
 
         async def finish() -> None:
             try:

@@ -60,7 +60,8 @@ class VideoJobs:
 
     def list(self, after: str | None, limit: int, order: str) -> list[VideoRecord]:
         self._sweep()
-        records = sorted(self._records.values(), key=lambda r: r.created_at, reverse=(order == "desc"))
+        # Creation order is insertion order (created_at has 1 s resolution: ties are common, their order is not)
+        records = list(self._records.values())[::-1 if order == "desc" else 1]
         if after is not None:
             ids = [r.id for r in records]
             records = records[ids.index(after) + 1:] if after in ids else []
