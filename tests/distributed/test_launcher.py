@@ -44,3 +44,16 @@ def test_pipeline_workers_device_rules():
         PipelineWorkers(ParallelConfig(2, 2, 1), "flux-tiny", device="cuda:1")
     with pytest.raises(ValueError, match=r"device='meta' is not allowed for PipelineWorkers; allowed: cpu, cuda, cuda:N"):
         PipelineWorkers(ParallelConfig(), "flux-tiny", device="meta")
+
+
+def test_ranks_stop_when_their_parent_is_gone():
+    import os
+    import queue as queue_mod
+
+    from fastdit.distributed.pipeline import _next_request
+
+    requests = queue_mod.Queue()
+    requests.put("a request")
+    assert _next_request(requests, os.getppid()) == "a request"
+    # the parent pid a rank remembered is no longer its parent (the server worker was killed): stop
+    assert _next_request(requests, os.getppid() + 1) is None

@@ -83,8 +83,9 @@ def test_pipeline_workers_serve_like_pipeline_run():
     workers = PipelineWorkers(ParallelConfig(2, 1, 2), "flux-tiny", device="cpu", dtype=torch.float32)
     try:
         assert (workers.model_id, workers.task, workers.dtype) == ("flux-tiny", "text-to-image", torch.float32)
+        assert (workers.info.pipeline_class, workers.info.cuda_graph) == ("FluxRecipe", False)
         got = workers.run(REQUEST, show_progress=False)
-        assert _rel(got.latents, want) <= 1e-5
+        assert _rel(got.latents, want) <= 1e-5 and workers.peak_memory == [None, None]
         with pytest.raises(ValueError, match=r"latents of shape \(1, 5, 64\) is not allowed"):
             workers.run(dataclasses.replace(REQUEST, latents=torch.randn(1, 5, 64)), show_progress=False)
         unseeded = workers.run(GenerationRequest(prompt="a fox", height=64, width=64, num_inference_steps=1,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 import queue
 import secrets
 import traceback
@@ -25,7 +26,7 @@ import torch
 from fastdit.distributed.config import ParallelConfig
 from fastdit.distributed.groups import ParallelGroups
 from fastdit.distributed.launcher import broadcast_from_output_rank, check_devices, default_device_type, spawn_context, start
-from fastdit.distributed.plans import CfgParallel, SequenceParallelFlux, SequenceParallelWan
+from fastdit.distributed.plans import CfgParallel, SequenceParallelFlux, SequenceParallelWan, _Plan
 from fastdit.layers.attention import AttentionOp
 
 # DiT class -> its sequence-parallel plan
@@ -75,13 +76,15 @@ class PipelineInfo:
     video_defaults: object | None  # VideoDefaults of video recipes
     pipeline_class: str  # the recipe class name
     attention_backend: str
+    cuda_graph: bool  # denoising steps as CUDA graphs (plain single-GPU DiTs only; parallel plans stay eager)
 
     @classmethod
     def of(cls, pipe) -> "PipelineInfo":
         recipe = pipe.recipe
         video = getattr(getattr(recipe, "components", None), "video_defaults", None)
+        graphed = getattr(recipe, "cuda_graph", False) and not isinstance(recipe.transformer, _Plan)
         return cls(str(pipe.model_id), pipe.task, pipe.dtype, pipe.device, pipe.defaults, video,
-                   type(recipe).__name__, recipe.attention_backend)
+                   type(recipe).__name__, recipe.attention_backend, bool(graphed))
 
 
 def _serialize(obj) -> bytes:
@@ -107,6 +110,17 @@ def _peak_memory(device: torch.device) -> int | None:
     return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
 
 
+def _next_request(requests, parent: int):
+    """The next request from the parent; None (stop every rank) once the parent is gone: a killed server
+    worker must not leave ranks holding the GPUs its restarted successor needs."""
+    while True:
+        try:
+            return requests.get(timeout=1.0)
+        except queue.Empty:
+            if os.getppid() != parent:
+                return None
+
+
 def _serve_rank(groups: ParallelGroups, model: str, load_kwargs: dict, requests, replies) -> None:
     """A rank's life: load, plan, then run every broadcast request until None arrives."""
     import torch.distributed as dist
@@ -127,8 +141,9 @@ def _serve_rank(groups: ParallelGroups, model: str, load_kwargs: dict, requests,
         replies.put(_serialize(("error", *failure) if failure else ("ok", PipelineInfo.of(pipe))))
     if failure:
         return
+    parent = os.getppid()
     while True:
-        item = broadcast_from_output_rank(requests.get() if leader else None, groups)
+        item = broadcast_from_output_rank(_next_request(requests, parent) if leader else None, groups)
         if item is None:
             return
         request, save, show_progress = item
