@@ -280,6 +280,11 @@ class FluxSingleTransformerBlock(nn.Module):
         """x [B, S_txt + S_img, D], mod [B, 3D] -> x."""
         (mod,) = split_modulation(mod, 1)
         y = layer_norm_modulate(x, mod.shift, mod.scale, NORM_EPS, backend=self.kernel_backend)
+        return _clip_fp16(torch.addcmul(x, mod.gate.unsqueeze(1), self.branch(y, rope, txt_len)))
+
+    def branch(self, y: torch.Tensor, rope: Rope, txt_len: int) -> torch.Tensor:
+        """The block's update before its gate: proj_out(cat(attn(y), gelu_tanh(mlp(y)))), y = the modulated
+        norm of x, [B, S, D] -> [B, S, D]. The model fuses the gated residual with the next norm around it."""
         # attention and MLP in parallel, from the same normed input
         if self.attn.fused:
             # One GEMM for q, k, v and one for the MLP, on the two row blocks of linear1: the MLP input then
@@ -294,8 +299,7 @@ class FluxSingleTransformerBlock(nn.Module):
             mlp_in = self.proj_mlp(y)
         attn_out = self.attn.forward_single(q, k, v, rope, self.attn_op, txt_len)
         mlp_out = gelu_tanh(mlp_in, backend=self.kernel_backend)
-        out = self._proj_out(attn_out, mlp_out)
-        return _clip_fp16(torch.addcmul(x, mod.gate.unsqueeze(1), out))
+        return self._proj_out(attn_out, mlp_out)
 
     def _proj_out(self, attn_out: torch.Tensor, mlp_out: torch.Tensor) -> torch.Tensor:
         """proj_out(cat([attn_out, mlp_out], -1)) = attn_out W_a^T + b + mlp_out W_m^T, W = [W_a | W_m]: the
@@ -405,13 +409,34 @@ class FluxTransformer2DModel(nn.Module):
         # double-stream blocks
         for block in self.transformer_blocks:
             img, txt = block(img, txt, next(mods), next(mods), rope)
-        # single-stream blocks over the joint sequence, text first
+        # single-stream blocks over the joint sequence, text first, then the output norm
         x = torch.cat([txt, img], dim=1)
-        for block in self.single_transformer_blocks:
-            x = block(x, next(mods), rope, txt_len)
-        # output
-        img = self.norm_out(x[:, txt_len:].contiguous(), next(mods))
-        return self.proj_out(img)
+        single_mods = [next(mods) for _ in self.single_transformer_blocks]
+        return self.proj_out(self._single_stream(x, single_mods, next(mods), rope, txt_len))
+
+    def _single_stream(self, x: torch.Tensor, mods: list[torch.Tensor], out_mod: torch.Tensor, rope: Rope,
+                       txt_len: int) -> torch.Tensor:
+        """x [B, S_txt + S_img, D] through the single blocks -> norm_out(image rows) [B, S_img, D].
+
+        Each block's gated residual x + gate * branch(y) is fused with the next block's modulated norm
+        (gated_residual_norm_modulate: one pass over [B, S, D] instead of two), the last one with norm_out on
+        the image rows only (the text rows are not used after the last block). fp16 runs keep the unfused
+        blocks: diffusers clips the fp16 residual to the finite range before the next norm reads it."""
+        blocks, backend = self.single_transformer_blocks, self.kernel_backend
+        if x.dtype == torch.float16 or len(blocks) == 0:
+            for block, mod in zip(blocks, mods):
+                x = block(x, mod, rope, txt_len)
+            return self.norm_out(x[:, txt_len:].contiguous(), out_mod)
+        mods = [split_modulation(mod, 1)[0] for mod in mods]
+        y = layer_norm_modulate(x, mods[0].shift, mods[0].scale, NORM_EPS, backend=backend)
+        for i, block in enumerate(blocks[:-1]):
+            x, y = gated_residual_norm_modulate(x, block.branch(y, rope, txt_len), mods[i].gate,
+                                                mods[i + 1].shift, mods[i + 1].scale, NORM_EPS, backend=backend)
+        out = blocks[-1].branch(y, rope, txt_len)
+        scale, shift = out_mod.chunk(2, dim=1)  # norm_out's order: scale first (AdaLayerNormContinuous)
+        _, img = gated_residual_norm_modulate(x[:, txt_len:], out[:, txt_len:], mods[-1].gate, shift, scale,
+                                              NORM_EPS, backend=backend)
+        return img
 
 
 # loading
