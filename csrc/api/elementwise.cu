@@ -6,26 +6,6 @@
 #include "../elementwise/timestep_embedding.cuh"
 #include "library.h"
 
-namespace {
-
-// The grid of gelu_tanh is sized from the SM count; cached per device (read once, not per call).
-int sm_count(int device) {
-  constexpr int kMaxDevices = 64;
-  static int counts[kMaxDevices] = {0};
-  if (device < 0 || device >= kMaxDevices) return 132;
-  if (counts[device] == 0) {
-    int count = 0;
-    if (cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || count <= 0) {
-      cudaGetLastError();
-      count = 132;
-    }
-    counts[device] = count;
-  }
-  return counts[device];
-}
-
-}  // namespace
-
 // out[n] = gelu_tanh(x[n]); x and out 16-byte aligned.
 FASTDIT_EXPORT int fastdit_gelu_tanh(const void* x, void* out, int64_t n, int dtype, int device, void* stream) {
   const char* op = "gelu_tanh";
@@ -35,10 +15,9 @@ FASTDIT_EXPORT int fastdit_gelu_tanh(const void* x, void* out, int64_t n, int dt
   if (n == 0) return FASTDIT_OK;
   FASTDIT_DEVICE_GUARD(op, device);
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  const int sms = sm_count(device);
   int status = fastdit::dispatch_half(op, dtype, [&](auto tag) {
     using T = decltype(tag);
-    fastdit::launch_gelu_tanh<T>({static_cast<const T*>(x), static_cast<T*>(out), n}, s, sms);
+    fastdit::launch_gelu_tanh<T>({static_cast<const T*>(x), static_cast<T*>(out), n}, s);
   });
   if (status != FASTDIT_OK) return status;
   return fastdit::check_launch(op);

@@ -50,6 +50,7 @@ int modulated_norm(const char* op, const fastdit_modulated_norm_params* p, bool 
   const char* width_error = validate_row_width(p->dim);
   FASTDIT_REQUIRE(op, width_error == nullptr, width_error ? width_error : "");
   FASTDIT_REQUIRE(op, p->batch >= 0 && p->seq > 0, "batch must be >= 0 and seq > 0");
+  FASTDIT_REQUIRE(op, p->batch * p->seq <= INT32_MAX, "batch * seq must be below 2^31 rows");
   FASTDIT_REQUIRE(op, p->x && p->y_out && fastdit::aligned16(p->x) && fastdit::aligned16(p->y_out),
                   "x and y_out must be non-null and 16-byte aligned");
   FASTDIT_REQUIRE(op, modulation_ok(p->shift) && modulation_ok(p->scale),

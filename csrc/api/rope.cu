@@ -34,6 +34,7 @@ FASTDIT_EXPORT int fastdit_qk_norm_rope(const fastdit_qk_norm_rope_params* p, in
                   "heads * head_dim must be in (0, 8192]");
   FASTDIT_REQUIRE(op, p->tokens >= 0 && p->seq > 0 && p->tokens % p->seq == 0,
                   "tokens must be a multiple of seq > 0");
+  FASTDIT_REQUIRE(op, p->tokens <= INT32_MAX, "tokens must be below 2^31");
   FASTDIT_REQUIRE(op, p->style == FASTDIT_ROPE_INTERLEAVED || p->style == FASTDIT_ROPE_HALF,
                   "style code " + std::to_string(p->style) + " is not interleaved (0) or half (1)");
   FASTDIT_REQUIRE(op, p->norm >= FASTDIT_QK_NORM_PER_HEAD && p->norm <= FASTDIT_QK_NORM_NONE,

@@ -1,5 +1,5 @@
 // gelu_tanh: y = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), fp32 math, on a flat array.
-// 16-byte vectors over a grid-stride loop, the last n % 8 elements one by one.
+// 16-byte vectors, two per thread, the last n % 8 elements one by one.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -30,33 +30,47 @@ __device__ __forceinline__ float gelu_tanh_f32(float x) {
   return __fdividef(x, 1.f + exp2f(-z));
 }
 
+// Each thread loads two 16-byte vectors (256 apart, so a warp's accesses stay coalesced) before any
+// math, one pass over the grid, no grid-stride loop: more bytes in flight per thread than one vector.
+// The first grid-stride version (one vector per iteration, 16 blocks per SM) reached 88-94% of the
+// copy bandwidth and ran 6% behind torch.compile's kernel (H100, 2026-11-24).
+constexpr int kGeluThreads = 256;
+constexpr int kGeluVecsPerThread = 2;
+
 template <typename T>
-__global__ void gelu_tanh_kernel(GeluTanhParams<T> p) {
+__global__ void __launch_bounds__(kGeluThreads) gelu_tanh_kernel(GeluTanhParams<T> p) {
   const int64_t vectors = p.n / kVecElems;
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < vectors; i += stride) {
-    float v[kVecElems];
-    load8(p.x + i * kVecElems, v);
+  const int64_t first = int64_t(blockIdx.x) * kGeluThreads * kGeluVecsPerThread + threadIdx.x;
+  uint4 raw[kGeluVecsPerThread];
 #pragma unroll
-    for (int e = 0; e < kVecElems; ++e) v[e] = gelu_tanh_f32(v[e]);
-    store8(p.out + i * kVecElems, v);
+  for (int i = 0; i < kGeluVecsPerThread; ++i) {
+    const int64_t v = first + int64_t(i) * kGeluThreads;
+    if (v < vectors) raw[i] = load_raw(p.x + v * kVecElems);
   }
-  const int64_t tail = vectors * kVecElems + int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (tail < p.n) {
+#pragma unroll
+  for (int i = 0; i < kGeluVecsPerThread; ++i) {
+    const int64_t v = first + int64_t(i) * kGeluThreads;
+    if (v >= vectors) continue;
+    float f[kVecElems];
+    unpack8<T>(raw[i], f);
+#pragma unroll
+    for (int e = 0; e < kVecElems; ++e) f[e] = gelu_tanh_f32(f[e]);
+    store8(p.out + v * kVecElems, f);
+  }
+  // The last n % 8 elements, one per thread of block 0.
+  const int64_t tail = vectors * kVecElems + threadIdx.x;
+  if (blockIdx.x == 0 && tail < p.n) {
     p.out[tail] = HalfTraits<T>::from_float(gelu_tanh_f32(HalfTraits<T>::to_float(p.x[tail])));
   }
 }
 
 template <typename T>
-void launch_gelu_tanh(const GeluTanhParams<T>& p, cudaStream_t stream, int sm_count) {
-  constexpr int kThreads = 256;
+void launch_gelu_tanh(const GeluTanhParams<T>& p, cudaStream_t stream) {
+  constexpr int64_t kVecsPerBlock = int64_t(kGeluThreads) * kGeluVecsPerThread;
   const int64_t vectors = p.n / kVecElems;
-  // Enough blocks to fill every SM several times over; the grid-stride loop covers the rest.
-  int64_t blocks = (vectors + kThreads - 1) / kThreads;
-  const int64_t cap = int64_t(sm_count) * 16;
-  if (blocks > cap) blocks = cap;
-  if (blocks < 1) blocks = 1;
-  gelu_tanh_kernel<T><<<dim3(unsigned(blocks)), kThreads, 0, stream>>>(p);
+  int64_t blocks = (vectors + kVecsPerBlock - 1) / kVecsPerBlock;
+  if (blocks < 1) blocks = 1;  // n < 8: block 0 does the tail
+  gelu_tanh_kernel<T><<<dim3(unsigned(blocks)), kGeluThreads, 0, stream>>>(p);
 }
 
 }  // namespace fastdit

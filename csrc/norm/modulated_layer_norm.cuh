@@ -43,34 +43,42 @@ struct ModulatedNormParams {
 };
 
 template <typename T, bool kHasResidual>
-__global__ void __launch_bounds__(kMaxBlockThreads)
+__global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
     modulated_layer_norm_kernel(ModulatedNormParams<T> p, RowLayout layout) {
   __shared__ float scratch[kMaxBlockThreads / 32];
   const int t = threadIdx.x % layout.threads_per_row;
   const int64_t row = int64_t(blockIdx.x) * layout.rows_per_block + threadIdx.x / layout.threads_per_row;
   const bool row_ok = row < p.batch * p.seq;
-  const int64_t b = row_ok ? row / p.seq : 0;
-  const int64_t s = row_ok ? row % p.seq : 0;
+  // Rows number below 2^31 (the export checks): a 32-bit division, where a 64-bit one is a call that
+  // costs registers.
+  const uint32_t row32 = row_ok ? uint32_t(row) : 0u;
+  const uint32_t b = row32 / uint32_t(p.seq);
+  const uint32_t s = row32 - b * uint32_t(p.seq);
   const int64_t chunks = p.dim / kVecElems;
   const int64_t row_offset = row * p.dim;
-  const T* shift = p.shift.at(b, s);
-  const T* scale = p.scale.at(b, s);
 
-  // All loads of the row (x, residual, gate, shift, scale) are issued before the first reduction, and
-  // the row stays packed in registers (v_raw: x, or r once the gated residual is applied).
-  uint4 v_raw[kMaxVecsPerThread], shift_raw[kMaxVecsPerThread], scale_raw[kMaxVecsPerThread];
-  uint4 res_raw[kHasResidual ? kMaxVecsPerThread : 1], gate_raw[kHasResidual ? kMaxVecsPerThread : 1];
+  // The row stays packed in registers (v_raw: x, or r once the gated residual is applied). Registers
+  // are capped at 32 (row_layout.cuh), so at most 12 of them hold row data at a time: x, residual and
+  // gate first; shift and scale (L2-resident, one vector per sample) are loaded after the mean, so that
+  // their latency overlaps the variance reduction.
+  uint4 v_raw[kMaxVecsPerThread];
 #pragma unroll
   for (int i = 0; i < kMaxVecsPerThread; ++i) {
     const int64_t c = t + int64_t(i) * layout.threads_per_row;
     if (!(row_ok && i < layout.vecs_per_thread && c < chunks)) continue;
     v_raw[i] = load_raw(p.x + row_offset + c * kVecElems);
     if constexpr (kHasResidual) {
-      res_raw[i] = load_raw(p.residual + row_offset + c * kVecElems);
-      gate_raw[i] = load_raw(p.gate.at(b, s) + c * kVecElems);
+      const uint4 res_raw = load_raw(p.residual + row_offset + c * kVecElems);
+      const uint4 gate_raw = load_raw(p.gate.at(b, s) + c * kVecElems);
+      float v[kVecElems], res[kVecElems], gate[kVecElems];
+      unpack8<T>(v_raw[i], v);
+      unpack8<T>(res_raw, res);
+      unpack8<T>(gate_raw, gate);
+#pragma unroll
+      for (int e = 0; e < kVecElems; ++e) v[e] = res[e] + gate[e] * v[e];
+      v_raw[i] = pack8<T>(v);  // r rounded to T: the norm below reads the rounded r, as the reference
+      *reinterpret_cast<uint4*>(p.r_out + row_offset + c * kVecElems) = v_raw[i];
     }
-    shift_raw[i] = load_raw(shift + c * kVecElems);
-    scale_raw[i] = load_raw(scale + c * kVecElems);
   }
 
   float sum = 0.f;
@@ -80,26 +88,21 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
     if (!(row_ok && i < layout.vecs_per_thread && c < chunks)) continue;
     float v[kVecElems];
     unpack8<T>(v_raw[i], v);
-    if constexpr (kHasResidual) {
-      float res[kVecElems], gate[kVecElems];
-      unpack8<T>(res_raw[i], res);
-      unpack8<T>(gate_raw[i], gate);
-#pragma unroll
-      for (int e = 0; e < kVecElems; ++e) v[e] = res[e] + gate[e] * v[e];
-      v_raw[i] = pack8<T>(v);  // r rounded to T: the norm below reads the rounded r, as the reference
-      *reinterpret_cast<uint4*>(p.r_out + row_offset + c * kVecElems) = v_raw[i];
-      unpack8<T>(v_raw[i], v);
-    }
 #pragma unroll
     for (int e = 0; e < kVecElems; ++e) sum += v[e];
   }
   const float mean = row_sum(sum, layout.threads_per_row, scratch) / float(p.dim);
 
+  const T* shift = p.shift.at(b, s);
+  const T* scale = p.scale.at(b, s);
+  uint4 shift_raw[kMaxVecsPerThread], scale_raw[kMaxVecsPerThread];
   float sum_sq = 0.f;
 #pragma unroll
   for (int i = 0; i < kMaxVecsPerThread; ++i) {
     const int64_t c = t + int64_t(i) * layout.threads_per_row;
     if (!(row_ok && i < layout.vecs_per_thread && c < chunks)) continue;
+    shift_raw[i] = load_raw(shift + c * kVecElems);
+    scale_raw[i] = load_raw(scale + c * kVecElems);
     float v[kVecElems];
     unpack8<T>(v_raw[i], v);
 #pragma unroll

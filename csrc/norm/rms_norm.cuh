@@ -23,7 +23,7 @@ struct RmsNormParams {
 };
 
 template <typename T>
-__global__ void __launch_bounds__(kMaxBlockThreads) rms_norm_kernel(RmsNormParams<T> p, RowLayout layout) {
+__global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm) rms_norm_kernel(RmsNormParams<T> p, RowLayout layout) {
   __shared__ float scratch[kMaxBlockThreads / 32];
   const int t = threadIdx.x % layout.threads_per_row;
   const int64_t row = int64_t(blockIdx.x) * layout.rows_per_block + threadIdx.x / layout.threads_per_row;

@@ -73,7 +73,7 @@ __device__ __forceinline__ void rotate8(float (&v)[kVecElems], int pos, const fl
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kMaxBlockThreads) qk_norm_rope_kernel(QkNormRopeParams<T> p, RowLayout layout) {
+__global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm) qk_norm_rope_kernel(QkNormRopeParams<T> p, RowLayout layout) {
   __shared__ float scratch[kMaxBlockThreads / 32];
   const bool is_k = blockIdx.y == 1;
   T* base = is_k ? p.k : p.q;
@@ -83,26 +83,22 @@ __global__ void __launch_bounds__(kMaxBlockThreads) qk_norm_rope_kernel(QkNormRo
   const int t = threadIdx.x % layout.threads_per_row;
   const int64_t token = int64_t(blockIdx.x) * layout.rows_per_block + threadIdx.x / layout.threads_per_row;
   const bool row_ok = token < p.tokens;
-  const int64_t s = row_ok ? token % p.seq : 0;
+  // Tokens number below 2^31 (the export checks): a 32-bit remainder, where a 64-bit one is a call.
+  const int64_t s = row_ok ? uint32_t(token) % uint32_t(p.seq) : 0;
   const int chunks_per_head = p.head_dim / kVecElems;
   const int64_t chunks = int64_t(p.heads) * chunks_per_head;
   T* row = base + token * token_stride;
 
-  // The token's chunks (and their norm weights) stay packed in registers; every load is issued before
-  // the reduction.
+  // The token's chunks stay packed in registers. The norm weights, cos and sin (L2-resident) are loaded
+  // after the reduction: registers are capped at 32 (row_layout.cuh) and the row is what must be in
+  // flight early.
   const bool has_weight = p.norm != QkNorm::kNone && weight != nullptr;
-  uint4 v_raw[kMaxVecsPerThread], w_raw[kMaxVecsPerThread];
+  uint4 v_raw[kMaxVecsPerThread];
 #pragma unroll
   for (int i = 0; i < kMaxVecsPerThread; ++i) {
     const int64_t c = t + int64_t(i) * layout.threads_per_row;
     v_raw[i] = make_uint4(0, 0, 0, 0);  // zeros: an absent chunk adds nothing to the sums
-    if (row_ok && i < layout.vecs_per_thread && c < chunks) {
-      v_raw[i] = load_raw(row + c * kVecElems);
-      if (has_weight) {
-        const int64_t w_offset = p.norm == QkNorm::kPerHead ? (c % chunks_per_head) * kVecElems : c * kVecElems;
-        w_raw[i] = load_raw(weight + w_offset);
-      }
-    }
+    if (row_ok && i < layout.vecs_per_thread && c < chunks) v_raw[i] = load_raw(row + c * kVecElems);
   }
   float sq[kMaxVecsPerThread];
 #pragma unroll
@@ -142,14 +138,15 @@ __global__ void __launch_bounds__(kMaxBlockThreads) qk_norm_rope_kernel(QkNormRo
     if (i >= layout.vecs_per_thread) continue;  // uniform across the block
     const int64_t c = t + int64_t(i) * layout.threads_per_row;
     const bool active = row_ok && c < chunks;
-    const int pos = int(c % chunks_per_head);
+    const int pos = int(c) % chunks_per_head;  // c < 1024: 32-bit
     float v[kVecElems];
     unpack8<T>(v_raw[i], v);
 #pragma unroll
     for (int e = 0; e < kVecElems; ++e) v[e] *= inv[i];
     if (active && has_weight) {
+      const int64_t w_offset = p.norm == QkNorm::kPerHead ? int64_t(pos) * kVecElems : c * kVecElems;
       float w[kVecElems];
-      unpack8<T>(w_raw[i], w);
+      unpack8<T>(load_raw(weight + w_offset), w);
 #pragma unroll
       for (int e = 0; e < kVecElems; ++e) v[e] *= w[e];
     }

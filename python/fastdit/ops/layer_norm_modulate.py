@@ -17,6 +17,7 @@ from fastdit.log import log_once
 from fastdit.ops import _library as lib
 
 MAX_WIDTH = 8192
+MAX_ROWS = 2**31  # the kernel indexes rows with 32-bit arithmetic (csrc/api/norm.cu checks)
 
 
 def _broadcast(mod: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -168,6 +169,8 @@ def modulation_cuda_reason(x: torch.Tensor, *mods: torch.Tensor) -> str | None:
     reason = lib.cuda_common_reason(x, MAX_WIDTH)
     if reason is None and any(not lib.offset_aligned16(m) for m in mods):
         reason = "a shift/scale/gate view does not start on a 16-byte boundary"
+    if reason is None and x.shape[0] * x.shape[1] >= MAX_ROWS:
+        reason = f"B * S = {x.shape[0] * x.shape[1]} rows exceeds the kernel's 2^31 - 1"
     return reason
 
 

@@ -193,6 +193,8 @@ def _cuda_reason(q, k, q_weight, k_weight) -> str | None:
     batch, seq, heads, head_dim = q.shape
     if head_dim not in HEAD_DIMS_CUDA or heads * head_dim > 8192:
         return f"head dim {head_dim} is not one of {HEAD_DIMS_CUDA} or heads * head dim exceeds 8192"
+    if batch * seq >= 2**31:  # the kernel indexes tokens with 32-bit arithmetic (csrc/api/rope.cu checks)
+        return f"B * S = {batch * seq} tokens exceeds the kernel's 2^31 - 1"
     for name, t in (("q", q), ("k", k)):
         packed = t.stride(2) == head_dim and (batch == 1 or seq == 1 or t.stride(0) == seq * t.stride(1))
         if not packed or t.stride(1) % 8 or t.stride(0) % 8 or not lib.offset_aligned16(t):
