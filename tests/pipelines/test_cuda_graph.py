@@ -85,7 +85,7 @@ def test_compile_fullgraph_same_output_torch_ops():
     args = _step_inputs(config, 2, 4, 7, 1, "cpu", torch.float32)
     with torch.inference_mode():
         expected = model(*args, rope=model.rope(args[4], args[5]))
-        compile_model(model, backend="eager")
+        compile_model(model, backend="aot_eager")
         got = model(*args, rope=model.rope(args[4], args[5]))
     assert isinstance(model, FluxTransformer2DModel) and "_orig_mod" not in "".join(model.state_dict())
     assert _rel_l2(got, expected) <= 1e-6
