@@ -4,6 +4,8 @@ per GPU and the final latents of every layout against the one-GPU run, full-size
     python bench/parallel.py --json parallel.json                       # every case at layouts <= the GPUs
     python bench/parallel.py --cases wan14b-720p --layouts 1 u8 cfg2u4  # a subset (one device call each)
     python bench/parallel.py --device cpu --num-gpus 2 --cases tiny     # gloo processes on the CPU (tests)
+    python bench/parallel.py --cases wan14b-720p --layouts 1 u8 --ref-cache refs   # then, in a later call,
+    python bench/parallel.py --cases wan14b-720p --layouts 1 cfg2u4 --ref-cache refs   # 1 is read, not re-run
 
 A case is a model at a size (below); a layout names the degrees: 1 (one GPU, the plain path), u4 (Ulysses
 4), r2 (ring 2), u2r2 (USP 2 x 2), cfg2 (CFG-parallel), cfg2u4 (CFG 2 x Ulysses 4). Each (case, layout)
@@ -119,6 +121,21 @@ def measure(case: Case, layout: str, args) -> tuple[dict, torch.Tensor]:
     return row, result.latents.detach().float().cpu()
 
 
+def _reference(case: Case, args) -> tuple[dict, torch.Tensor]:
+    """Layout 1 of `case`: measured, or read from --ref-cache when an earlier call (same steps, seed, dtype)
+    measured it, so the issue's list can be split over several device calls without re-running one GPU."""
+    key = f"{args.case_names[case]}_s{args.steps}_w{args.warmup_steps}_seed{args.seed}_{args.dtype}_{args.device}"
+    path = os.path.join(args.ref_cache, f"{key}.pt") if args.ref_cache else None
+    if path and os.path.exists(path):
+        row, latents = torch.load(path, weights_only=False)
+        return {**row, "cached": True}, latents
+    row, latents = measure(case, "1", args)
+    if path:
+        os.makedirs(args.ref_cache, exist_ok=True)
+        torch.save((row, latents), path)
+    return row, latents
+
+
 def run_case(case: Case, args, skipped: list[str]) -> list[dict]:
     """Every layout of the case that fits --num-gpus and divides the heads; layout 1 first (the reference)."""
     rows, ref = [], None
@@ -131,7 +148,7 @@ def run_case(case: Case, args, skipped: list[str]) -> list[dict]:
             continue
         print(f"[parallel] {args.case_names[case]} {layout} ...", file=sys.stderr, flush=True)
         try:
-            row, latents = measure(case, layout, args)
+            row, latents = _reference(case, args) if layout == "1" else measure(case, layout, args)
         except ValueError as err:  # a layout the model refuses (heads, tokens): say so, go on
             skipped.append(f"{args.case_names[case]} {layout}: {err}")
             continue
@@ -178,6 +195,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--attention-backend", default="auto")
     p.add_argument("--tol", type=float, default=None, help="rel. L2 of latents vs layout 1 (default 3e-2 bf16, 1e-5 fp32)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ref-cache", default=None, help="folder keeping layout 1's row and latents between calls")
     p.add_argument("--json", default=None)
     return p.parse_args(argv)
 

@@ -23,8 +23,9 @@ def _bench_main():
 
 def test_two_gloo_processes_match_one(tmp_path, capsys):
     out = tmp_path / "parallel.json"
-    rc = _bench_main()(["--device", "cpu", "--num-gpus", "2", "--cases", "wan-tiny", "--layouts", "1", "u2", "u4",
-                        "--steps", "2", "--json", str(out)])
+    main = _bench_main()
+    rc = main(["--device", "cpu", "--num-gpus", "2", "--cases", "wan-tiny", "--layouts", "1", "u2", "u4",
+               "--steps", "2", "--json", str(out), "--ref-cache", str(tmp_path / "refs")])
     stdout = capsys.readouterr().out
     assert rc == 0
     data = json.loads(out.read_text())
@@ -34,6 +35,11 @@ def test_two_gloo_processes_match_one(tmp_path, capsys):
     assert rows["u2"]["steps"] == 2 and rows["u2"]["speedup"] > 0 and rows["1"]["speedup"] == 1.0
     assert data["skipped"] == ["wan-tiny u4: needs 4 GPUs, --num-gpus 2"]
     assert "wan-tiny      u2" in stdout
+    # a later call reads layout 1 from the cache instead of running it again
+    assert main(["--device", "cpu", "--num-gpus", "2", "--cases", "wan-tiny", "--layouts", "1", "--steps", "2",
+                 "--json", str(out), "--ref-cache", str(tmp_path / "refs")]) == 0
+    cached = json.loads(out.read_text())["rows"][0]
+    assert cached["cached"] is True and cached["step_ms"] == rows["1"]["step_ms"]
 
 
 def test_more_gpus_than_visible_is_refused_in_one_line(capsys):
