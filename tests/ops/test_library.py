@@ -109,3 +109,19 @@ def test_env_var_forces_a_backend(monkeypatch):
     monkeypatch.setenv("FASTDIT_KERNEL_BACKEND", "cuda")
     with pytest.raises(ValueError, match=r"rms_norm: backend='cuda' cannot run this call: x is on cpu"):
         lib.resolve_backend("rms_norm", "auto", "x is on cpu", None)
+
+
+def test_default_library_path_finds_the_editable_install_layout(tmp_path, monkeypatch):
+    """pip install -e . puts the built library in site-packages/fastdit/_lib and the sources elsewhere; both
+    folders are on fastdit.__path__ and the one holding the library wins."""
+    import fastdit
+    from fastdit.ops import _library
+
+    sources, site = tmp_path / "python" / "fastdit", tmp_path / "site-packages" / "fastdit"
+    (site / "_lib").mkdir(parents=True)
+    sources.mkdir(parents=True)
+    (site / "_lib" / "libfastdit_kernels.so").write_bytes(b"\x7fELF")
+    monkeypatch.setattr(fastdit, "__path__", [str(sources), str(site)])
+    assert _library.default_library_path() == site / "_lib" / "libfastdit_kernels.so"
+    (site / "_lib" / "libfastdit_kernels.so").unlink()
+    assert _library.default_library_path().name == "libfastdit_kernels.so"  # the package's own folder otherwise

@@ -32,7 +32,14 @@ _TRITON_IMPORTABLE = importlib.util.find_spec("triton") is not None
 
 
 def default_library_path() -> Path:
-    return Path(__file__).resolve().parent.parent / "_lib" / "libfastdit_kernels.so"
+    """fastdit/_lib/libfastdit_kernels.so in the first of the package's folders that has it: a wheel has one
+    folder; an editable install (pip install -e .) puts the built library in site-packages/fastdit and
+    the sources in python/fastdit, both on fastdit.__path__."""
+    import fastdit
+
+    candidates = [Path(folder) / "_lib" / "libfastdit_kernels.so" for folder in fastdit.__path__]
+    candidates.append(Path(__file__).resolve().parent.parent / "_lib" / "libfastdit_kernels.so")
+    return next((path for path in candidates if path.is_file()), candidates[-1])
 
 
 @functools.cache
