@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # One GPU call = build check + GPU tests + benchmarks, logs under $OUT. Run on the device machine:
 #
-#   here:   python -m build --wheel -o dist .          (compiles the kernel library with nvcc)
+#   here:   python -m build --wheel --no-isolation -o dist .   (nvcc; nvidia-cutlass installed here, so the
+#           sm90 attention kernel is in; an isolated build has no CUTLASS headers and leaves it out)
 #   device: bash bench/gpu_session.sh [STEP ...]       carry: ["dist", ".whl"]
 #
 # STEPs (default: all, in this order): env tests ops attention comm e2e_flux e2e_wan
+# One device command runs at most 600 s: split the steps over calls, e.g. "env tests attention", then
+# "ops e2e_flux", then "e2e_wan serving" (the machine stays warm 30 s between calls).
 # The device machine has torch, triton and transformers but not diffusers: .whl/ carries it
 # (pip download --no-deps diffusers==0.42.1 importlib_metadata, see the device README).
 set -uo pipefail
@@ -32,7 +35,7 @@ for step in $STEPS; do
   case $step in
     env) run env 60 python3 -c "import torch, triton, fastdit, fastdit.ops._library as L; \
 print(torch.__version__, triton.__version__, torch.cuda.get_device_name()); print(L.library_status())" ;;
-    tests) run tests 400 python3 -m pytest -q -m gpu -p no:cacheprovider --timeout 300 tests ;;
+    tests) run tests 330 python3 -m pytest -q -m gpu -p no:cacheprovider --timeout 300 --continue-on-collection-errors tests ;;
     ops) run ops 240 python3 bench/ops.py --json "$OUT/ops.json" ;;
     attention) run attention 240 python3 bench/attention.py --json "$OUT/attention.json" ;;
     comm) run comm 120 python3 bench/comm.py --json "$OUT/comm.json" ;;
