@@ -119,7 +119,9 @@ def test_bf16_forward_matches_diffusers_bf16(tmp_path):
     ref = diffusers.WanTransformer3DModel.from_pretrained(tmp_path, torch_dtype=torch.bfloat16).eval()
     config = WanTransformerConfig.from_dict(read_config(tmp_path))
     ours = load_wan_transformer(config, str(tmp_path), torch.bfloat16, "cpu", kernel_backend="torch")
-    assert ours.scale_shift_table.dtype == torch.float32 and ours.proj_out.weight.dtype == torch.bfloat16
+    dtypes = {name: p.dtype for name, p in ref.named_parameters()}
+    assert {name: p.dtype for name, p in ours.named_parameters()} == dtypes  # fp32 exactly where diffusers keeps it
+    assert dtypes["blocks.0.norm2.weight"] == dtypes["scale_shift_table"] == torch.float32
     g = torch.Generator().manual_seed(2)
     x = torch.randn(1, 5, 2, 4, 6, generator=g).bfloat16()
     txt = torch.randn(1, 7, 19, generator=g).bfloat16()
@@ -151,3 +153,34 @@ def test_loading_a_folder_is_strict(tmp_path):
         with pytest.raises(ValueError, match=f"transformer.*1 {kind} keys.*{key}") as info:
             load_wan_transformer(config, str(tmp_path), torch.float32, "cpu", kernel_backend="torch")
         assert "\n" not in str(info.value)
+
+
+@pytest.mark.gpu
+def test_gpu_kernels_and_auto_attention_match_diffusers_bf16():
+    """On a GPU: the fused ops (kernel_backend auto) and the auto attention op, at 16384 self-attention keys
+    (where the selector may pick fastdit's own kernel), against diffusers in bf16 with the same weights."""
+    from fastdit.layers.attention import make_attention_op
+    from fastdit.models.dits.wan import load_wan_transformer
+
+    config = WanTransformerConfig(num_attention_heads=2, attention_head_dim=128, text_dim=64, ffn_dim=512, num_layers=2)
+    op = make_attention_op("auto", "cuda", torch.bfloat16, 128)
+    ours = load_wan_transformer(config, None, torch.bfloat16, "cuda", op, "auto")
+    with torch.no_grad():  # biases and norm scales off their 0 / 1 init, so every parameter matters
+        for p in ours.parameters():
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    ref = diffusers.WanTransformer3DModel(**config.to_dict()).to("cuda").eval()
+    ref.load_state_dict({k: v.float() for k, v in ours.state_dict().items()})
+    ref.to(torch.bfloat16)
+    for name, param in ref.named_parameters():  # as diffusers' from_pretrained(torch_dtype=bf16) keeps them
+        if any(part in ref._keep_in_fp32_modules for part in name.split(".")):
+            param.data = param.data.float()
+    g = torch.Generator("cuda").manual_seed(3)
+    x = torch.randn(2, 16, 4, 128, 128, generator=g, device="cuda").bfloat16()  # 4 * 64 * 64 = 16384 tokens
+    txt = torch.randn(2, 512, 64, generator=g, device="cuda").bfloat16()
+    t = torch.tensor([999, 400], device="cuda")
+    with torch.no_grad():
+        expected = ref(x, t, txt, return_dict=False)[0]
+        got = ours(x, t, txt)
+    assert got.shape == expected.shape == (2, 16, 4, 128, 128) and torch.isfinite(got).all()
+    assert _rel(got, expected) <= 2e-2

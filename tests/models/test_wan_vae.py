@@ -124,3 +124,30 @@ def test_full_size_config_param_count():
     with torch.device("meta"):
         n = sum(p.numel() for p in AutoencoderKLWan(WanVAEConfig()).parameters())
     assert 126e6 < n < 128e6  # Wan2.1 VAE: 127M parameters
+
+
+@pytest.mark.gpu
+def test_channels_last_bf16_on_gpu_matches_diffusers():
+    """The GPU layout (NDHWC convs, fused CUDA rms_norm over channels) in bf16 against diffusers' bf16 VAE."""
+    from fastdit.models.vaes.autoencoder_kl_wan import load_autoencoder_kl_wan
+
+    config = WanVAEConfig(base_dim=32, num_res_blocks=1)
+    ours = load_autoencoder_kl_wan(config, None, torch.bfloat16, "cuda", kernel_backend="auto")
+    with torch.no_grad():  # norm scales and biases off their 1 / 0 init, so every parameter matters
+        for p in ours.parameters():
+            if p.dim() == 1 or p.shape[1:].numel() == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    ref = diffusers.AutoencoderKLWan(base_dim=32, num_res_blocks=1)
+    ref.load_state_dict(ours.state_dict())
+    ref = ref.to("cuda", torch.bfloat16).eval()
+    ours.set_channels_last(True)
+    g = torch.Generator("cuda").manual_seed(5)
+    z = torch.randn(1, 16, 4, 30, 52, generator=g, device="cuda").bfloat16()
+    x = (torch.rand(1, 3, 9, 64, 96, generator=g, device="cuda") * 2 - 1).bfloat16()
+    with torch.no_grad():
+        got_dec, expected_dec = ours.decode(z), ref.decode(z).sample
+        got_enc, expected_enc = ours.encode(x), ref.encode(x).latent_dist.mode()
+    assert got_dec.shape == expected_dec.shape == (1, 3, 13, 240, 416)
+    assert got_enc.shape == expected_enc.shape == (1, 16, 3, 8, 12)
+    assert _rel(got_dec, expected_dec) <= 2e-2
+    assert _rel(got_enc, expected_enc) <= 2e-2

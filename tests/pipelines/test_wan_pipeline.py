@@ -235,3 +235,51 @@ def test_cli_bad_inputs_exit_2_with_one_line(capsys, tmp_path):
         # (log lines may share stderr; the error itself is exactly one line)
         lines = [line for line in err.splitlines() if line.startswith("fastdit.generate: error:")]
         assert len(lines) == 1 and message in lines[0], err
+
+
+@pytest.mark.gpu
+def test_bf16_on_gpu_matches_diffusers(tmp_path):
+    """The GPU path (fused kernels, auto attention, channels-last VAE) in bf16 against diffusers' WanPipeline in
+    bf16 from the same checkpoint and initial latents: final latents and decoded frames within 2e-2."""
+    from fastdit.pipelines.api import Pipeline
+
+    peer = _save_pipeline(tmp_path, i2v=False).to("cuda", torch.bfloat16)
+    peer.set_progress_bar_config(disable=True)
+    ours = Pipeline.from_pretrained(str(tmp_path), device="cuda", dtype=torch.bfloat16)
+    assert ours.recipe.vae.channels_last
+    latents = _latents()
+    kwargs = dict(prompt="a red fox", negative_prompt="", height=HEIGHT, width=WIDTH, num_frames=FRAMES,
+                  num_inference_steps=STEPS, guidance_scale=5.0)
+    expected_latents = peer(latents=latents.to("cuda"), output_type="latent", **kwargs).frames
+    expected_frames = peer(latents=latents.to("cuda"), output_type="np", **kwargs).frames[0]  # [F, H, W, 3] in [0, 1]
+    got = ours.run(_request(negative_prompt="", latents=latents.clone()), show_progress=False)
+    frames = np.stack([np.asarray(f) for f in got.frames[0]]).astype(np.float32) / 255
+    assert frames.shape == expected_frames.shape == (FRAMES, HEIGHT, WIDTH, 3)
+    assert _rel(got.latents, expected_latents) <= 2e-2
+    assert _rel(torch.from_numpy(frames), torch.from_numpy(np.asarray(expected_frames, dtype=np.float32))) <= 2e-2
+
+
+@pytest.mark.gpu
+def test_full_size_t2v_1_3b_dummy_81_frames_on_gpu():
+    """Wan2.1-T2V-1.3B's full architecture with random weights at its defaults (480x832, 81 frames), 2 steps:
+    finite latents, 81 decoded frames of the asked size (the VAE's whole-video decode fits)."""
+    from fastdit.pipelines.api import Pipeline
+
+    pipe = Pipeline.from_pretrained("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", device="cuda", load_format="dummy")
+    result = pipe.run(GenerationRequest(prompt="a red fox in the snow", num_inference_steps=2, seed=0),
+                      show_progress=False)
+    assert result.latents.shape == (1, 16, 21, 60, 104) and torch.isfinite(result.latents).all()
+    assert len(result.frames[0]) == 81 and result.frames[0][0].size == (832, 480)
+
+
+@pytest.mark.gpu
+def test_full_size_i2v_14b_480p_dummy_on_gpu():
+    """Wan2.1-I2V-14B-480P's full architecture (DiT, UMT5-XXL, CLIP ViT-H/14, VAE encode) with random weights."""
+    from fastdit.pipelines.api import Pipeline
+
+    pipe = Pipeline.from_pretrained("Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", device="cuda", load_format="dummy")
+    assert pipe.task == "image-to-video"
+    result = pipe.run(GenerationRequest(prompt="the fox turns its head", image=_image(), num_frames=17,
+                                        num_inference_steps=2, seed=0), show_progress=False)
+    assert result.latents.shape == (1, 16, 5, 60, 104) and torch.isfinite(result.latents).all()
+    assert len(result.frames[0]) == 17 and result.frames[0][0].size == (832, 480)

@@ -444,10 +444,15 @@ class WanTransformer3DModel(nn.Module):
 
 # loading
 
-# Parameters diffusers keeps in fp32 in a bf16 model (its _keep_in_fp32_modules): the adaLN tables and the
-# timestep MLP, whose small differences would otherwise be rounded away before they modulate every token.
+# Parameters diffusers keeps in fp32 in a bf16 model (its _keep_in_fp32_modules, matched against the name's
+# dot-separated parts as its loader does): the adaLN tables, the timestep MLP and the affine LayerNorms (each
+# block's norm2, the I2V image embedder's norm1/norm2), whose small differences from 0 or 1 would otherwise be
+# rounded away before they modulate every token.
+KEEP_IN_FP32 = ("time_embedder", "scale_shift_table", "norm1", "norm2", "norm3")
+
+
 def _kept_in_fp32(name: str) -> bool:
-    return name.endswith("scale_shift_table") or name.startswith("condition_embedder.time_embedder.")
+    return any(part in KEEP_IN_FP32 for part in name.split("."))
 
 
 def load_wan_transformer(
