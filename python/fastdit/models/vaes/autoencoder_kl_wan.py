@@ -214,8 +214,11 @@ class Resample(nn.Module):
         head, rest = (x[:, :, :1], x[:, :, 1:]) if first else (x[:, :, :0], x)
         if rest.shape[2]:
             B, C, T, H, W = rest.shape
-            y = self.time_conv(rest, stream).reshape(B, 2, C, T, H, W)
-            rest = torch.stack((y[:, 0], y[:, 1]), dim=3).reshape(B, C, 2 * T, H, W)
+            y = self.time_conv(rest, stream)  # [B, 2C, T, H, W]: channel halves are frames 2t and 2t + 1
+            fmt = torch.channels_last_3d if self.time_conv.channels_last else torch.contiguous_format
+            rest = torch.empty(B, C, 2 * T, H, W, dtype=y.dtype, device=y.device, memory_format=fmt)
+            rest[:, :, 0::2] = y[:, :C]  # written in place: the layout survives (a stack would not keep NDHWC)
+            rest[:, :, 1::2] = y[:, C:]
         return torch.cat([head, rest], dim=2)
 
     def _time_down(self, x: torch.Tensor, stream: Stream) -> torch.Tensor:
