@@ -23,10 +23,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import gc
 import json
 import time
 
-import numpy as np
 import torch
 from timer import time_cuda
 
@@ -139,8 +139,6 @@ def bench_dit(case: str, args, device) -> dict:
         # a batch-2 pass of a model already warmed at batch 1: no untimed call once a step takes seconds
         cfg = measure(ours_cfg_step, budget, args.iters, warmup=int(2 * o["ms"] < 2000))
         cfg.pop("out")
-    del ours, ref
-    torch.cuda.empty_cache()
     return {"section": "dit", "case": case, "frames": args.frames, "tokens": shape[2] * shape[3] * shape[4] // 4,
             "attention_backend": attn_op.backend, "diffusers_sdpa": args.diffusers_sdpa,
             "pass_ms": {"fastdit": o["ms"], "diffusers": r["ms"]}, "target_pass_ms": PASS_TARGET_MS.get(case),
@@ -168,8 +166,6 @@ def bench_vae(size: str, args, device) -> dict:
             row["decode_ms"][variant], row["peak_gib"][variant] = o["ms"], o["peak_gib"]
             row["rel_l2_vs_diffusers"][variant] = rel_l2(o.pop("out"), expected)
         row["decode_ms"]["diffusers"], row["peak_gib"]["diffusers"] = r["ms"], r["peak_gib"]
-    del ours, ref, expected
-    torch.cuda.empty_cache()
     return row
 
 
@@ -223,8 +219,6 @@ def bench_e2e(steps: int, args, device) -> dict:
 
         _, ref_ms, ref_gib = _wall(peer_run)
     rel, stages = rel_l2(ours.latents, final["latents"]), ours.timings["stages_ms"]
-    del pipe, recipe, peer, ours
-    torch.cuda.empty_cache()
     return {"section": "e2e", "case": f"{args.e2e_model}@{height}x{width}x{args.frames}", "steps": steps,
             "total_ms": {"fastdit": ours_ms, "diffusers": ref_ms},
             "fastdit_stages_ms": {k: round(v, 1) for k, v in stages.items()},
@@ -293,6 +287,8 @@ def main() -> None:
             rows.append({"section": "skipped", "case": case, "reason": reason})
         else:
             rows.append(row_fn())
+            gc.collect()  # the section's models are unreachable once it returned: give their memory back
+            torch.cuda.empty_cache()
         print_row(rows[-1])
 
     for case in sorted(args.cases, key=lambda c: (c.split("@")[0] != "1.3B", "720" in c)):
