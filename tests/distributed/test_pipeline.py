@@ -7,6 +7,7 @@ Pipeline.run."""
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import pytest
 import torch
@@ -80,8 +81,11 @@ def test_wan_final_latents_match_single_process(gloo, world):
 
 def test_pipeline_workers_serve_like_pipeline_run():
     want = _pipe("flux-tiny").run(REQUEST, show_progress=False).latents
-    workers = PipelineWorkers(ParallelConfig(2, 1, 2), "flux-tiny", device="cpu", dtype=torch.float32)
+    # collectives time out after 10 s: idle ranks must wait on their queues, not inside a collective
+    workers = PipelineWorkers(ParallelConfig(2, 1, 2), "flux-tiny", device="cpu", collective_timeout_s=10.0,
+                              dtype=torch.float32)
     try:
+        time.sleep(11.0)
         assert (workers.model_id, workers.task, workers.dtype) == ("flux-tiny", "text-to-image", torch.float32)
         assert (workers.info.pipeline_class, workers.info.cuda_graph) == ("FluxRecipe", False)
         got = workers.run(REQUEST, show_progress=False)

@@ -40,12 +40,13 @@ def _rank_device(device_type: str, rank: int) -> torch.device:
     return torch.device("cuda", rank) if device_type == "cuda" else torch.device("cpu")
 
 
-def _worker(rank: int, fn: Callable, config: ParallelConfig, init_method: str, device_type: str, args, results) -> None:
+def _worker(rank: int, fn: Callable, config: ParallelConfig, init_method: str, device_type: str, args, results,
+            collective_timeout_s: float) -> None:
     try:
         if device_type == "cpu":
             # N ranks share the host's cores: N x (all cores) intra-op threads would oversubscribe them.
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.world_size))
-        groups = init_parallel_groups(config, rank, init_method, _rank_device(device_type, rank))
+        groups = init_parallel_groups(config, rank, init_method, _rank_device(device_type, rank), collective_timeout_s)
         try:
             out = fn(groups, *args)
         finally:
@@ -70,11 +71,13 @@ def check_devices(config: ParallelConfig, device_type: str) -> None:
 class RankProcesses:
     """The spawned ranks of one `start` call; `wait()` returns rank 0's result (or raises a rank's error)."""
 
-    def __init__(self, ctx, fn: Callable, config: ParallelConfig, args: tuple, device_type: str):
+    def __init__(self, ctx, fn: Callable, config: ParallelConfig, args: tuple, device_type: str,
+                 collective_timeout_s: float = 600.0):
         self.results = ctx.Queue()
         init_method = f"tcp://127.0.0.1:{_free_port()}"
         self.procs = [
-            ctx.Process(target=_worker, args=(rank, fn, config, init_method, device_type, args, self.results), daemon=True)
+            ctx.Process(target=_worker, args=(rank, fn, config, init_method, device_type, args, self.results,
+                                              collective_timeout_s), daemon=True)
             for rank in range(config.world_size)
         ]
         for p in self.procs:
@@ -93,15 +96,17 @@ class RankProcesses:
                 p.terminate()
 
 
-def start(fn: Callable[..., Any], config: ParallelConfig, *args, device_type: str | None = None) -> RankProcesses:
+def start(fn: Callable[..., Any], config: ParallelConfig, *args, device_type: str | None = None,
+          collective_timeout_s: float = 600.0) -> RankProcesses:
     """Spawns config.world_size ranks running fn(groups, *args) and returns at once (config.world_size > 1).
 
     `fn` must be a module-level function; `args` picklable (multiprocessing queues of `spawn_context()`
-    included, for talking to long-lived ranks).
+    included, for talking to long-lived ranks). A collective that waits longer than `collective_timeout_s`
+    fails (NCCL's watchdog aborts the rank).
     """
     device_type = device_type or default_device_type()
     check_devices(config, device_type)
-    return RankProcesses(spawn_context(), fn, config, args, device_type)
+    return RankProcesses(spawn_context(), fn, config, args, device_type, collective_timeout_s)
 
 
 def spawn_context():

@@ -6,8 +6,8 @@
 
 One process per rank, each loading the pipeline onto its own GPU and applying the DiT's parallel plan
 (`parallelize_pipeline`: sequence parallel, and CFG-parallel for recipes that batch their CFG branches).
-Requests go to rank 0, which broadcasts them to the others; every rank runs the same sampling loop on
-the same (gathered) latents, and only rank 0 decodes and saves. A request without a seed gets one here,
+Every request goes to every rank (one queue each); every rank runs the same sampling loop on the same
+(gathered) latents, and only rank 0 decodes, saves and replies. A request without a seed gets one here,
 so every rank draws the same noise. With one GPU nothing is spawned: the pipeline runs in this process.
 The CLI uses one `run`; the server keeps the workers for its lifetime.
 """
@@ -25,7 +25,7 @@ import torch
 
 from fastdit.distributed.config import ParallelConfig
 from fastdit.distributed.groups import ParallelGroups
-from fastdit.distributed.launcher import broadcast_from_output_rank, check_devices, default_device_type, spawn_context, start
+from fastdit.distributed.launcher import check_devices, default_device_type, spawn_context, start
 from fastdit.distributed.plans import CfgParallel, SequenceParallelFlux, SequenceParallelWan, _Plan
 from fastdit.layers.attention import AttentionOp
 
@@ -121,8 +121,12 @@ def _next_request(requests, parent: int):
                 return None
 
 
-def _serve_rank(groups: ParallelGroups, model: str, load_kwargs: dict, requests, replies) -> None:
-    """A rank's life: load, plan, then run every broadcast request until None arrives."""
+def _serve_rank(groups: ParallelGroups, model: str, load_kwargs: dict, requests: list, replies) -> None:
+    """A rank's life: load, plan, then run every request until None arrives.
+
+    Each rank reads its own queue (requests[rank]; the parent puts every request into all of them) rather
+    than waiting in a broadcast: an idle server would otherwise leave the followers inside a collective
+    past its timeout (NCCL's watchdog then kills them)."""
     import torch.distributed as dist
 
     from fastdit.pipelines.api import Pipeline
@@ -143,7 +147,7 @@ def _serve_rank(groups: ParallelGroups, model: str, load_kwargs: dict, requests,
         return
     parent = os.getppid()
     while True:
-        item = broadcast_from_output_rank(_next_request(requests, parent) if leader else None, groups)
+        item = _next_request(requests[groups.rank], parent)
         if item is None:
             return
         request, save, show_progress = item
@@ -183,7 +187,8 @@ class PipelineWorkers:
     `peak_memory[r]` is rank r's peak allocated CUDA bytes during it (None on CPU).
     """
 
-    def __init__(self, config: ParallelConfig, model: str, device: str | torch.device | None = None, **load_kwargs):
+    def __init__(self, config: ParallelConfig, model: str, device: str | torch.device | None = None,
+                 collective_timeout_s: float = 600.0, **load_kwargs):
         self.config = config
         self.peak_memory: list[int | None] = []
         device_type = _device_type(device, config)
@@ -195,9 +200,10 @@ class PipelineWorkers:
             self.info = PipelineInfo.of(self.pipe)
             return
         ctx = spawn_context()
-        self.requests, self.replies = ctx.Queue(), ctx.Queue()
+        self.requests, self.replies = [ctx.Queue() for _ in range(config.world_size)], ctx.Queue()
         self.pipe = None
-        self.ranks = start(_serve_rank, config, model, load_kwargs, self.requests, self.replies, device_type=device_type)
+        self.ranks = start(_serve_rank, config, model, load_kwargs, self.requests, self.replies, device_type=device_type,
+                           collective_timeout_s=collective_timeout_s)
         try:
             self.info = self._reply()
         except Exception:  # loading failed: the ranks have returned
@@ -238,13 +244,15 @@ class PipelineWorkers:
             result = self.pipe.run(request, save=save, show_progress=show_progress)
             self.peak_memory = [_peak_memory(self.pipe.device)]
             return result
-        self.requests.put((request, save, show_progress))
+        for q in self.requests:
+            q.put((request, save, show_progress))
         return self._reply()
 
     def close(self) -> None:
         """Stops the ranks (or drops the in-process pipeline), freeing their GPU memory."""
         self.pipe = None
         if self.ranks is not None:
-            self.requests.put(None)
+            for q in self.requests:
+                q.put(None)
             self.ranks.wait(timeout_s=120)
             self.ranks = None
