@@ -50,9 +50,11 @@ def why_not(backend: str, info: DeviceInfo) -> str | None:
     if backend == "sdpa":
         return None
     if backend == "sdpa-cudnn":
-        if info.kind == "cuda" and info.capability >= (8, 0) and half:
-            return None
-        return f"needs an NVIDIA sm80+ GPU and bf16/fp16 (have {gpu}, {info.dtype})"
+        if not (info.kind == "cuda" and info.capability >= (8, 0) and half):
+            return f"needs an NVIDIA sm80+ GPU and bf16/fp16 (have {gpu}, {info.dtype})"
+        if info.head_dim % 8 or info.head_dim > 256:  # else torch: "No available kernel" under sdpa_kernel(CUDNN)
+            return f"needs a head dim that is a multiple of 8, at most 256 (have {info.head_dim})"
+        return None
     if backend == "fastdit":
         if info.kind != "cuda" or info.capability < (8, 0):
             return f"needs an NVIDIA sm80+ GPU (have {gpu})"
