@@ -33,8 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=None, help="require \"Authorization: Bearer KEY\" on /v1/* and /models")
     p.add_argument("--max-queue", type=int, default=64, help="requests that may wait for the worker; more get 429")
     p.add_argument("--max-batch-size", type=int, default=4, help="images per worker batch (and the largest n)")
-    p.add_argument("--batch-wait-ms", type=float, default=10.0,
-                   help="how long a batch that is not full waits for more requests (0: never); see server/engine.py")
+    p.add_argument("--batch-wait-ms", type=float, default=50.0,
+                   help="after a batch of k images, how long the next waits to reach k again (0: never); server/engine.py")
     p.add_argument("--max-pixels", type=int, default=2048 * 2048, help="largest width*height a request may ask")
     p.add_argument("--max-body-bytes", type=int, default=64 * 1024 * 1024, help="larger request bodies get 413")
     p.add_argument("--result-ttl-s", type=float, default=3600.0, help="seconds stored images/videos stay downloadable")

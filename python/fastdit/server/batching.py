@@ -7,8 +7,8 @@ Requests that must run alone get a key of their own (the job id):
     (a batch shares one noise generator, so batched outputs depend on their batch mates);
   - videos (a clip is already the whole GPU's work), and requests carrying a test fault.
 `take_batch` is FIFO-fair: the oldest request always runs next; younger requests with its key join it while the
-batch holds at most `max_images` images (sum of n). The engine may hold a batch that is not full for a few
-milliseconds (--batch-wait-ms) so that requests sent together, or sent right after their answers, meet.
+batch holds at most `max_images` images (sum of n). Right after a batch of k images the engine may hold the next
+one for up to --batch-wait-ms until it has k again, so that closed-loop clients keep meeting (engine.py).
 """
 
 from __future__ import annotations

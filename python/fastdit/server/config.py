@@ -44,7 +44,7 @@ class ServerConfig:
     api_key: str | None = None
     max_queue: int = 64
     max_batch_size: int = 4
-    batch_wait_ms: float = 10.0
+    batch_wait_ms: float = 50.0
     max_pixels: int = 2048 * 2048
     max_body_bytes: int = 64 * 1024 * 1024
     result_ttl_s: float = 3600.0

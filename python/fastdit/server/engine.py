@@ -5,8 +5,8 @@
     outcome = await engine.submit(spec)             # raises APIError 429 when --max-queue requests already wait
 
 Life of a job: submit() admits it into `queue` (at most max_queue waiting, else 429 with Retry-After) -> the
-dispatcher takes the oldest job plus compatible ones (batching.take_batch; a batch that is not full waits up to
---batch-wait-ms for more) and hands the batch to the worker ->
+dispatcher takes the oldest job plus compatible ones (batching.take_batch; right after a batch, a smaller one
+waits up to --batch-wait-ms for returning clients) and hands the batch to the worker ->
 each job's future gets its own outcome exactly once. If the worker process dies, every job of the batch it held
 gets a 500, the worker is restarted, and jobs still waiting in the queue run on the new worker. A job whose
 client went away (`cancel`) leaves the queue if it has not started; if it has, its result is dropped.
@@ -36,6 +36,7 @@ from fastdit.server.worker import WorkerDied, WorkerHandle
 logger = get_logger("fastdit.server")
 IDLE_CHECK_S = 0.5  # how often an idle dispatcher checks that the worker is alive
 RESTART_RETRY_S = 5.0
+BURST_MS = 5.0  # requests one client sends at once reach us within this (localhost/LAN): see Engine._linger
 
 
 @dataclass
@@ -62,6 +63,7 @@ class Engine:
         self._task: asyncio.Task | None = None
         self._mean_batch_s = 1.0  # running estimate, for Retry-After
         self._idle_since = 0.0  # perf_counter() when the worker last finished a batch
+        self._expected_images = 0  # min(max batch, that batch's images + images then waiting): see _linger
 
     # ------------------------------------------------------------------------------------------------ admission
     def submit(self, spec: GenerationSpec, on_start: Callable[[], None] | None = None) -> Job:
@@ -123,17 +125,25 @@ class Engine:
                 await self._run_one_batch()
 
     async def _linger(self) -> None:
-        """Hold a batch that is not full until --batch-wait-ms after the later of its head's arrival and the end
-        of the previous batch, or until it is full. Requests sent together arrive milliseconds apart, and
-        closed-loop clients send their next request milliseconds after their answer: without this wait the
-        batches split for good (at concurrency 4: [1], [3], [1], [3], ...)."""
-        wait_s, budget = self.config.batch_wait_ms / 1e3, self.config.max_batch_size
-        if wait_s <= 0:
-            return
-        deadline = max(self.queue[0].enqueued_at, self._idle_since) + wait_s
-        while self.queue and not batch_is_full(plan_batch(self.queue, budget), budget):
+        """Hold a batch that is not full for a few milliseconds, so that requests sent together run together.
+
+        Right after a batch (the head arrived before batch end + --batch-wait-ms): wait until that deadline for the
+        next batch to hold as many images as the batch just answered plus those that waited behind it (at most
+        --max-batch-size). Closed-loop clients send their next request milliseconds after their answer (more for
+        large responses: a 1024x1024 PNG is ~4 MB of base64); without this the batches split for good (at
+        concurrency 4: [1], [3], [1], [3], ... or [2], [2], ...). A lone client never waits (1 answered, 0 waiting).
+        Otherwise (a request to an idle worker): wait up to BURST_MS after its arrival for a full batch, so that a
+        burst sent at once is not split into [1] + the rest (each new batch size also costs a CUDA graph capture).
+        """
+        budget, wait_s = self.config.max_batch_size, self.config.batch_wait_ms / 1e3
+        if self.queue[0].enqueued_at <= self._idle_since + wait_s:
+            wanted, deadline = self._expected_images, self._idle_since + wait_s
+        else:
+            wanted, deadline = budget, self.queue[0].enqueued_at + min(wait_s, BURST_MS / 1e3)
+        while self.queue:
+            batch = plan_batch(self.queue, budget)
             remaining = deadline - time.perf_counter()
-            if remaining <= 0:
+            if batch_is_full(batch, budget) or sum(job.spec.n for job in batch) >= wanted or remaining <= 0:
                 return
             self._wakeup.clear()
             try:
@@ -151,7 +161,8 @@ class Engine:
             if job.on_start is not None:
                 job.on_start()
         self.running = batch
-        self.metrics.batch_images.observe(sum(job.spec.n for job in batch))
+        images = sum(job.spec.n for job in batch)
+        self.metrics.batch_images.observe(images)
         try:
             outcomes, stats = await asyncio.to_thread(self.handle.run, next(self._batch_ids), [job.spec for job in batch])
         except WorkerDied as exc:
@@ -163,6 +174,8 @@ class Engine:
         finally:
             self.running = []
             self._idle_since = time.perf_counter()
+            waiting = sum(job.spec.n for job in self.queue)
+            self._expected_images = min(self.config.max_batch_size, images + waiting)
         self._mean_batch_s = 0.8 * self._mean_batch_s + 0.2 * stats["batch_ms"] / 1e3
         self.metrics.observe_batch(outcomes, stats)
         for job, outcome in zip(batch, outcomes):
