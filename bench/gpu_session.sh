@@ -5,7 +5,7 @@
 #           sm90 attention kernel is in; an isolated build has no CUTLASS headers and leaves it out)
 #   device: bash bench/gpu_session.sh [STEP ...]       carry: ["dist", ".whl"]
 #
-# STEPs (default: all, in this order): env tests ops attention comm e2e_flux e2e_wan
+# STEPs (default: all, in this order): env tests ops attention comm e2e_flux e2e_wan (also: parallel, serving)
 # One device command runs at most 600 s: split the steps over calls, e.g. "env tests attention", then
 # "ops e2e_flux", then "e2e_wan serving" (the machine stays warm 30 s between calls).
 # The device machine has torch, triton and transformers but not diffusers: .whl/ carries it
@@ -41,7 +41,10 @@ print(torch.__version__, triton.__version__, torch.cuda.get_device_name()); prin
     comm) run comm 120 python3 bench/comm.py --json "$OUT/comm.json" ;;
     e2e_flux) run e2e_flux 560 python3 bench/e2e_flux.py --json "$OUT/e2e_flux.json" ;;
     e2e_wan) run e2e_wan 560 python3 bench/e2e_wan.py --json "$OUT/e2e_wan.json" ;;
-    *) echo "unknown step $step (allowed: env tests ops attention comm e2e_flux e2e_wan)"; exit 2 ;;
+    parallel) run parallel 560 python3 bench/parallel.py ${FASTDIT_PARALLEL_ARGS:---cases flux-1024 wan1.3b-480p --layouts 1} \
+                --ref-cache /tmp/fastdit_parallel_refs --json "$OUT/parallel.json" ;;
+    serving) run serving 300 python3 bench/serving.py ${FASTDIT_SERVING_ARGS:-} --json "$OUT/serving.json" ;;
+    *) echo "unknown step $step (allowed: env tests ops attention comm e2e_flux e2e_wan parallel serving)"; exit 2 ;;
   esac
 done
 cat "$OUT/summary.txt"
