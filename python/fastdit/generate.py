@@ -41,6 +41,11 @@ _OPTIONS: list[tuple[str, type, Any, str]] = [
     ("disable-cuda-graph", bool, False, "run the denoising steps eagerly (default: one CUDA graph per shape on GPU)"),
     ("enable-torch-compile", bool, False, "torch.compile the DiT (the first step of a new shape compiles, ~1-2 min)"),
     ("perf-dump-path", str, None, "write per-stage times and denoise_steps_ms to this JSON file"),
+    ("num-gpus", int, 1, "GPUs for one generation, one process each (with --device cpu: gloo processes)"),
+    ("ulysses-degree", int, None, "Ulysses sequence-parallel degree (default: the GPUs the other degrees leave)"),
+    ("ring-degree", int, None, "ring-attention degree (default 1); ulysses x ring x (2 with CFG-parallel) = GPUs"),
+    ("enable-cfg-parallel", bool, False, "run the two CFG branches on two halves of the GPUs (Wan; guidance > 1)"),
+    ("tp-size", int, 1, "tensor-parallel size of the text encoders (only 1 in this build)"),
 ]
 _DEST = {flag.replace("-", "_"): (flag, kind, default) for flag, kind, default, _ in _OPTIONS}
 
@@ -109,7 +114,7 @@ def resolve_options(argv: list[str] | None) -> dict[str, Any]:
 
 def run(options: dict[str, Any]) -> list[str]:
     """Load the model, generate, save; returns the paths written."""
-    from fastdit.pipelines.api import Pipeline
+    from fastdit.distributed import ParallelConfig, PipelineWorkers
     from fastdit.pipelines.request import GenerationRequest
     from fastdit.pipelines.runner import perf_dump, write_perf_dump
     from fastdit.pipelines.save import SaveTarget
@@ -128,17 +133,26 @@ def run(options: dict[str, Any]) -> list[str]:
     for dest in ("output_path", "output_file_name", "perf_dump_path"):
         if options[dest] is not None and not isinstance(options[dest], str):
             raise ValueError(f"{dest}={options[dest]!r} is not allowed: {dest} must be a string path")
-    pipe = Pipeline.from_pretrained(
-        options["model_path"], device=options["device"], dtype=options["dtype"], load_format=options["load_format"],
-        attention_backend=options["attention_backend"], kernel_backend=options["kernel_backend"],
-        cuda_graph=False if options["disable_cuda_graph"] else None, torch_compile=options["enable_torch_compile"],
+    parallel = ParallelConfig.from_flags(options["num_gpus"], options["ulysses_degree"], options["ring_degree"],
+                                         options["enable_cfg_parallel"], options["tp_size"])
+    # One process per GPU (rank 0 saves); with one GPU the pipeline runs in this process, as before.
+    pipe = PipelineWorkers(
+        parallel, options["model_path"], device=options["device"], dtype=options["dtype"],
+        load_format=options["load_format"], attention_backend=options["attention_backend"],
+        kernel_backend=options["kernel_backend"], cuda_graph=False if options["disable_cuda_graph"] else None,
+        torch_compile=options["enable_torch_compile"],
     )
     target = SaveTarget(options["output_path"], options["output_file_name"])
-    result = pipe.run(request, save=target)
+    try:
+        result = pipe.run(request, save=target)
+    finally:
+        pipe.close()
     if options["perf_dump_path"]:
         meta = {"model": pipe.model_id, "device": str(pipe.device), "dtype": str(pipe.dtype).removeprefix("torch."),
-                "attention_backend": pipe.recipe.attention_backend,
-                "cuda_graph": getattr(pipe.recipe, "cuda_graph", False), "torch_compile": options["enable_torch_compile"]}
+                "attention_backend": pipe.info.attention_backend, "cuda_graph": pipe.info.cuda_graph,
+                "torch_compile": options["enable_torch_compile"], "num_gpus": parallel.num_gpus,
+                "ulysses_degree": parallel.ulysses_degree, "ring_degree": parallel.ring_degree,
+                "cfg_parallel": parallel.cfg_parallel}
         write_perf_dump(options["perf_dump_path"], perf_dump(result, request.with_defaults(pipe.defaults), meta))
     return result.paths
 

@@ -17,6 +17,7 @@ import signal
 import socket
 import sys
 
+from fastdit.distributed.config import add_parallel_flags, config_from_flags
 from fastdit.server.config import DTYPES, LOAD_FORMATS, ServerConfig, WorkerOptions
 
 
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch.compile the DiT (the first batch of each new shape compiles, ~1-2 min)")
     p.add_argument("--enable-test-faults", action="store_true",
                    help="honour the request field fastdit_test_fault (tests only: lets a client crash the worker)")
+    add_parallel_flags(p)  # --num-gpus, --ulysses-degree, --ring-degree, --enable-cfg-parallel, --tp-size
     p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"),
                    help="uvicorn's access/error log level")
     return p
@@ -63,7 +65,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         model_path=args.model_path, load_format=args.load_format, device=args.device, dtype=args.dtype,
         attention_backend=args.attention_backend, kernel_backend=args.kernel_backend,
         cuda_graph=False if args.disable_cuda_graph else None, torch_compile=args.enable_torch_compile,
-        enable_test_faults=args.enable_test_faults,
+        enable_test_faults=args.enable_test_faults, parallel=config_from_flags(args),
     )
     return ServerConfig(
         worker=worker, host=args.host, port=args.port, api_key=args.api_key, max_queue=args.max_queue,

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fastdit.distributed.config import ParallelConfig
+
 LOAD_FORMATS = ("auto", "dummy")
 DTYPES = ("auto", "bfloat16", "float16", "float32")  # auto: bfloat16 on a GPU, float32 on a CPU
 
@@ -24,6 +26,7 @@ class WorkerOptions:
     cuda_graph: bool | None = None  # None: on for a CUDA device (one graph per batch shape), off elsewhere
     torch_compile: bool = False
     enable_test_faults: bool = False
+    parallel: ParallelConfig = ParallelConfig()  # --num-gpus N: the worker runs N ranks (PipelineWorkers)
 
     def __post_init__(self) -> None:
         if not self.model_path:

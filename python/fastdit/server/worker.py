@@ -44,18 +44,19 @@ class WorkerDied(RuntimeError):
 
 # ----------------------------------------------------------------------------------------------------- worker side
 def _load_pipeline(options: WorkerOptions):
-    import fastdit
+    """The pipeline on options.parallel.num_gpus ranks (one GPU: in this process, a plain Pipeline inside)."""
+    from fastdit.distributed import PipelineWorkers
 
-    return fastdit.Pipeline.from_pretrained(
-        options.model_path, device=options.device, dtype=options.dtype, load_format=options.load_format,
-        attention_backend=options.attention_backend, kernel_backend=options.kernel_backend,
-        cuda_graph=options.cuda_graph, torch_compile=options.torch_compile,
+    return PipelineWorkers(
+        options.parallel, options.model_path, device=options.device, dtype=options.dtype,
+        load_format=options.load_format, attention_backend=options.attention_backend,
+        kernel_backend=options.kernel_backend, cuda_graph=options.cuda_graph, torch_compile=options.torch_compile,
     )
 
 
 def _video_defaults(pipe: Any) -> dict[str, int] | None:
     """A video recipe's frame count and frame rate defaults ({"num_frames", "fps"}); None for image models."""
-    defaults = getattr(getattr(pipe.recipe, "components", None), "video_defaults", None)
+    defaults = pipe.info.video_defaults
     return dataclasses.asdict(defaults) if dataclasses.is_dataclass(defaults) else None
 
 
@@ -64,7 +65,8 @@ def _pipeline_info(pipe: Any) -> dict[str, Any]:
         "pid": os.getpid(),
         "model_id": str(pipe.model_id),
         "task": pipe.task,
-        "pipeline": type(pipe.recipe).__name__,
+        "pipeline": pipe.info.pipeline_class,
+        "num_gpus": pipe.config.num_gpus,
         "dtype": str(pipe.dtype).removeprefix("torch."),
         "device": str(pipe.device),
         "defaults": dataclasses.asdict(pipe.defaults) if dataclasses.is_dataclass(pipe.defaults) else None,
