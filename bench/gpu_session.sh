@@ -8,8 +8,10 @@
 # STEPs (default: all, in this order): env tests ops attention comm e2e_flux e2e_wan (also: parallel, serving)
 # One device command runs at most 600 s: split the steps over calls, e.g. "env tests attention", then
 # "ops e2e_flux", then "e2e_wan serving" (the machine stays warm 30 s between calls).
-# The device machine has torch, triton and transformers but not diffusers: .whl/ carries it
-# (pip download --no-deps diffusers==0.42.1 importlib_metadata, see the device README).
+# The device machine has torch, triton and transformers but not diffusers nor the server's stack: .whl/
+# carries them (pip download --no-deps diffusers==0.42.1 importlib_metadata fastapi starlette pydantic
+# pydantic_core annotated_types typing_inspection opentelemetry-api uvicorn python_multipart
+# typing_extensions, for cp312; see the device README).
 set -uo pipefail
 OUT=${OUT:-/tmp/fastdit_out}
 mkdir -p "$OUT"
@@ -43,7 +45,8 @@ print(torch.__version__, triton.__version__, torch.cuda.get_device_name()); prin
     e2e_wan) run e2e_wan 560 python3 bench/e2e_wan.py --json "$OUT/e2e_wan.json" ;;
     parallel) run parallel 560 python3 bench/parallel.py ${FASTDIT_PARALLEL_ARGS:---cases flux-1024 wan1.3b-480p --layouts 1} \
                 --ref-cache /tmp/fastdit_parallel_refs --json "$OUT/parallel.json" ;;
-    serving) run serving 300 python3 bench/serving.py ${FASTDIT_SERVING_ARGS:-} --json "$OUT/serving.json" ;;
+    serving) run serving 240 python3 bench/serving.py --launch --model-path black-forest-labs/FLUX.1-dev --load-format dummy \
+               --size 1024x1024 --steps 28 --num-prompts 4 --concurrency 1 4 --json "$OUT/serving.json" ;;
     *) echo "unknown step $step (allowed: env tests ops attention comm e2e_flux e2e_wan parallel serving)"; exit 2 ;;
   esac
 done
