@@ -130,7 +130,7 @@ def test_missing_key_is_named(tmp_path):
 
 
 def test_bad_config_and_input_errors():
-    with pytest.raises(ValueError, match=r"unknown config keys \['conv_type'\]"):
+    with pytest.raises(ValueError, match=r"unknown AutoencoderKL config keys \['conv_type'\]"):
         AutoencoderKLConfig.from_dict({"_class_name": "AutoencoderKL", "conv_type": "x"})
     with pytest.raises(ValueError, match=r"not divisible by norm_num_groups=32"):
         AutoencoderKLConfig(block_out_channels=(48,))

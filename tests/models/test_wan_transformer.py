@@ -87,7 +87,7 @@ def test_rope_matches_diffusers_tables():
 def test_config_rejects_unknown_key_and_ignores_private():
     cfg = WanTransformerConfig.from_dict({"_class_name": "WanTransformer3DModel", "num_layers": 3})
     assert cfg.num_layers == 3
-    with pytest.raises(ValueError, match="unknown config keys \\['bogus'\\]"):
+    with pytest.raises(ValueError, match="unknown WanTransformer3DModel config keys \\['bogus'\\]"):
         WanTransformerConfig.from_dict({"bogus": 1})
 
 

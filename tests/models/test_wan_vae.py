@@ -116,7 +116,7 @@ def test_bad_inputs_are_one_line_errors(pair):
         ours.enable_tiling(30, 16)
     with pytest.raises(ValueError, match="only the Wan2.1 VAE"):
         WanVAEConfig.from_dict({"is_residual": True})
-    with pytest.raises(ValueError, match="unknown config keys \\['foo'\\]"):
+    with pytest.raises(ValueError, match="unknown AutoencoderKLWan config keys \\['foo'\\]"):
         WanVAEConfig.from_dict({"foo": 1})
 
 

@@ -138,7 +138,7 @@ def test_config_from_dict():
     assert FlowMatchEulerSchedulerConfig.from_dict(shipped) == scheduler_preset(FLUX_DEV)
     written = FlowMatchEulerDiscreteScheduler.from_config(shipped).config  # every key diffusers writes
     assert FlowMatchEulerSchedulerConfig.from_dict(dict(written)) == scheduler_preset(FLUX_DEV)
-    with pytest.raises(ValueError, match=r"unknown config keys \['sigma_schedule'\]"):
+    with pytest.raises(ValueError, match=r"unknown FlowMatchEulerDiscreteScheduler config keys \['sigma_schedule'\]"):
         FlowMatchEulerSchedulerConfig.from_dict({**shipped, "sigma_schedule": "x"})
     with pytest.raises(ValueError, match=r"\['use_karras_sigmas'\] are not supported"):
         FlowMatchEulerSchedulerConfig.from_dict({**shipped, "use_karras_sigmas": True})

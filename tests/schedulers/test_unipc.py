@@ -76,5 +76,5 @@ def test_steps_must_run_in_order():
 def test_config_errors_name_the_value():
     with pytest.raises(ValueError, match="prediction_type='epsilon': only 'flow_prediction'"):
         UniPCSchedulerConfig.from_dict({"prediction_type": "epsilon"})
-    with pytest.raises(ValueError, match="unknown config keys \\['nope'\\]"):
+    with pytest.raises(ValueError, match="unknown UniPCMultistepScheduler config keys \\['nope'\\]"):
         UniPCSchedulerConfig.from_dict({"nope": 1})

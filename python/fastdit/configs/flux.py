@@ -10,18 +10,20 @@ first command: it keeps FLUX.1's 16 latent channels (64 packed input channels) a
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
+
+from fastdit.configs.base import DiffusersConfig, lookup_preset
 
 
 @dataclass(frozen=True)
-class FluxTransformerConfig:
+class FluxTransformerConfig(DiffusersConfig):
     """Field names and defaults equal diffusers' FluxTransformer2DModel.__init__ arguments.
 
     inner_dim = num_attention_heads * attention_head_dim; out_channels None means in_channels;
     axes_dims_rope: RoPE dims per position axis (frame/index, row, column), summing to attention_head_dim.
     """
+
+    _diffusers_class = "FluxTransformer2DModel"
 
     patch_size: int = 1
     in_channels: int = 64
@@ -73,22 +75,6 @@ class FluxTransformerConfig:
         """Channels per token of the output: patch_size^2 * (out_channels or in_channels)."""
         return self.patch_size**2 * (self.out_channels or self.in_channels)
 
-    @classmethod
-    def from_dict(cls, config: dict[str, Any]) -> FluxTransformerConfig:
-        """From a config.json dict: keys starting with "_" (diffusers metadata) are ignored, unknown keys
-        are an error naming them."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(k for k in config if not k.startswith("_") and k not in fields)
-        if unknown:
-            raise ValueError(f"unknown FluxTransformer2DModel config keys {unknown}; allowed: {sorted(fields)}")
-        return cls(**{k: v for k, v in config.items() if k in fields})
-
-    def to_dict(self) -> dict[str, Any]:
-        """The config.json contents diffusers writes (axes_dims_rope as a list)."""
-        d = dataclasses.asdict(self)
-        d["axes_dims_rope"] = list(self.axes_dims_rope)
-        return d
-
 
 FLUX_1_DEV = FluxTransformerConfig(
     num_layers=19,
@@ -120,6 +106,4 @@ FLUX_TRANSFORMER_PRESETS: dict[str, FluxTransformerConfig] = {
 
 
 def flux_transformer_preset(name: str) -> FluxTransformerConfig:
-    if name not in FLUX_TRANSFORMER_PRESETS:
-        raise ValueError(f"unknown FLUX transformer preset {name!r}; built-in: {sorted(FLUX_TRANSFORMER_PRESETS)}")
-    return FLUX_TRANSFORMER_PRESETS[name]
+    return lookup_preset(FLUX_TRANSFORMER_PRESETS, name, "FLUX transformer")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fastdit.configs.base import lookup_preset
 from fastdit.schedulers.flow_match_euler import FlowMatchEulerSchedulerConfig
 
 # black-forest-labs/FLUX.1-dev scheduler/scheduler_config.json; flux-tiny samples the same way.
@@ -22,6 +23,4 @@ SCHEDULER_PRESETS: dict[str, FlowMatchEulerSchedulerConfig] = {
 
 
 def scheduler_preset(name: str) -> FlowMatchEulerSchedulerConfig:
-    if name not in SCHEDULER_PRESETS:
-        raise ValueError(f"unknown scheduler preset {name!r}; built-in: {sorted(SCHEDULER_PRESETS)}")
-    return SCHEDULER_PRESETS[name]
+    return lookup_preset(SCHEDULER_PRESETS, name, "scheduler")

@@ -7,6 +7,7 @@ channels per level instead of 128-512, so that a CPU decodes 256x256 in seconds.
 
 from __future__ import annotations
 
+from fastdit.configs.base import lookup_preset
 from fastdit.models.vaes.autoencoder_kl import AutoencoderKLConfig
 
 _FLUX_LATENT = dict(
@@ -43,6 +44,4 @@ VAE_PRESETS: dict[str, AutoencoderKLConfig] = {
 
 
 def vae_preset(name: str) -> AutoencoderKLConfig:
-    if name not in VAE_PRESETS:
-        raise ValueError(f"unknown VAE preset {name!r}; built-in: {sorted(VAE_PRESETS)}")
-    return VAE_PRESETS[name]
+    return lookup_preset(VAE_PRESETS, name, "VAE")

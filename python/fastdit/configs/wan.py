@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fastdit.configs.base import lookup_preset
 from fastdit.models.dits.wan import WanTransformerConfig
 from fastdit.models.vaes.autoencoder_kl_wan import WanVAEConfig
 from fastdit.schedulers.unipc import UniPCSchedulerConfig
@@ -67,19 +68,13 @@ VIDEO_DEFAULTS: dict[str, VideoDefaults] = {name: WAN_VIDEO_DEFAULTS for name in
 }
 
 
-def _lookup(table: dict, name: str, what: str):
-    if name not in table:
-        raise ValueError(f"unknown Wan {what} preset {name!r}; built-in: {sorted(table)}")
-    return table[name]
-
-
 def transformer_preset(name: str) -> WanTransformerConfig:
-    return _lookup(TRANSFORMER_PRESETS, name, "transformer")
+    return lookup_preset(TRANSFORMER_PRESETS, name, "Wan transformer")
 
 
 def vae_preset(name: str) -> WanVAEConfig:
-    return _lookup(VAE_PRESETS, name, "VAE")
+    return lookup_preset(VAE_PRESETS, name, "Wan VAE")
 
 
 def scheduler_preset(name: str) -> UniPCSchedulerConfig:
-    return _lookup(SCHEDULER_PRESETS, name, "scheduler")
+    return lookup_preset(SCHEDULER_PRESETS, name, "Wan scheduler")

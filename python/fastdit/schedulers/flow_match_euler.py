@@ -23,14 +23,18 @@ import math
 import numpy as np
 import torch
 
+from fastdit.configs.base import DiffusersConfig
+
 _TIME_SHIFT_TYPES = ("exponential", "linear")
 # diffusers config keys that select samplers we do not implement; accepted only at their off value.
 _UNSUPPORTED_WHEN_TRUE = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "stochastic_sampling")
 
 
 @dataclasses.dataclass(frozen=True)
-class FlowMatchEulerSchedulerConfig:
+class FlowMatchEulerSchedulerConfig(DiffusersConfig):
     """diffusers FlowMatchEulerDiscreteScheduler scheduler_config.json, field for field."""
+
+    _diffusers_class = "FlowMatchEulerDiscreteScheduler"
 
     num_train_timesteps: int = 1000
     shift: float = 1.0
@@ -62,18 +66,6 @@ class FlowMatchEulerSchedulerConfig:
         on = [name for name in _UNSUPPORTED_WHEN_TRUE if getattr(self, name)]
         if on:
             raise ValueError(f"scheduler options {on} are not supported by fastdit's flow-match Euler; set them false")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "FlowMatchEulerSchedulerConfig":
-        """From a scheduler_config.json dict: keys starting with "_" are ignored, unknown keys rejected."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(k for k in d if not k.startswith("_") and k not in fields)
-        if unknown:
-            raise ValueError(f"FlowMatchEulerSchedulerConfig: unknown config keys {unknown}; allowed: {sorted(fields)}")
-        return cls(**{k: v for k, v in d.items() if k in fields})
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def calculate_shift(image_seq_len: int, base_seq_len: int, max_seq_len: int, base_shift: float, max_shift: float):

@@ -19,14 +19,18 @@ import dataclasses
 import numpy as np
 import torch
 
+from fastdit.configs.base import DiffusersConfig
+
 
 @dataclasses.dataclass(frozen=True)
-class UniPCSchedulerConfig:
+class UniPCSchedulerConfig(DiffusersConfig):
     """diffusers' UniPCMultistepScheduler config keys (Wan2.1's scheduler_config.json values as defaults).
 
     Keys that only matter for variance-preserving (DDPM-beta) schedules are accepted and unused: with
     flow sigmas diffusers overwrites the timesteps they would produce.
     """
+
+    _diffusers_class = "UniPCMultistepScheduler"
 
     num_train_timesteps: int = 1000
     solver_order: int = 2
@@ -74,18 +78,6 @@ class UniPCSchedulerConfig:
             raise ValueError(f"UniPCSchedulerConfig.final_sigmas_type={self.final_sigmas_type!r}: allowed 'zero', 'sigma_min'")
         if self.solver_order < 1:
             raise ValueError(f"UniPCSchedulerConfig.solver_order={self.solver_order}: must be >= 1")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "UniPCSchedulerConfig":
-        """From scheduler_config.json: keys starting with "_" are ignored, unknown keys rejected."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(k for k in d if not k.startswith("_") and k not in fields)
-        if unknown:
-            raise ValueError(f"UniPCSchedulerConfig: unknown config keys {unknown}; allowed: {sorted(fields)}")
-        kw = {k: v for k, v in d.items() if k in fields}
-        if "disable_corrector" in kw:
-            kw["disable_corrector"] = tuple(kw["disable_corrector"])
-        return cls(**kw)
 
 
 def _alpha_sigma(sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

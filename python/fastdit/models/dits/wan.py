@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fastdit import ops
+from fastdit.configs.base import DiffusersConfig
 from fastdit.layers.attention import attention
 
 AttnOp = Callable[..., torch.Tensor]
@@ -36,8 +37,10 @@ def _default_attn_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, joint_tx
 
 
 @dataclasses.dataclass(frozen=True)
-class WanTransformerConfig:
+class WanTransformerConfig(DiffusersConfig):
     """The fields of diffusers' WanTransformer3DModel config.json (defaults: Wan2.1-T2V-14B)."""
+
+    _diffusers_class = "WanTransformer3DModel"
 
     patch_size: tuple[int, int, int] = (1, 2, 2)
     num_attention_heads: int = 40
@@ -79,23 +82,6 @@ class WanTransformerConfig:
     @property
     def inner_dim(self) -> int:
         return self.num_attention_heads * self.attention_head_dim
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "WanTransformerConfig":
-        """Builds the config from a config.json dict: keys starting with "_" are ignored, unknown keys rejected."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(k for k in d if not k.startswith("_") and k not in fields)
-        if unknown:
-            raise ValueError(f"WanTransformerConfig: unknown config keys {unknown}; allowed: {sorted(fields)}")
-        kw = {k: v for k, v in d.items() if k in fields}
-        if "patch_size" in kw:
-            kw["patch_size"] = tuple(kw["patch_size"])
-        return cls(**kw)
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["patch_size"] = list(self.patch_size)
-        return d
 
 
 # rope

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fastdit.configs.base import DiffusersConfig
 from fastdit.loader.weights import build_module, init_dummy_weights, load_state_dict, load_weights, read_config
 
 _DOWN_BLOCK = "DownEncoderBlock2D"
@@ -29,8 +30,10 @@ _MAX_NHWC_UPSAMPLE_NUMEL = 2**31
 
 
 @dataclasses.dataclass(frozen=True)
-class AutoencoderKLConfig:
+class AutoencoderKLConfig(DiffusersConfig):
     """diffusers AutoencoderKL config.json, field for field."""
+
+    _diffusers_class = "AutoencoderKL"
 
     in_channels: int = 3
     out_channels: int = 3
@@ -82,19 +85,6 @@ class AutoencoderKLConfig:
     def scale_factor(self) -> int:
         """Pixels per latent pixel along each side: 2^(number of down blocks - 1)."""
         return 2 ** (len(self.block_out_channels) - 1)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "AutoencoderKLConfig":
-        """From a config.json dict: keys starting with "_" are ignored, unknown keys rejected."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(k for k in d if not k.startswith("_") and k not in fields)
-        if unknown:
-            raise ValueError(f"AutoencoderKLConfig: unknown config keys {unknown}; allowed: {sorted(fields)}")
-        return cls(**{k: v for k, v in d.items() if k in fields})
-
-    def to_dict(self) -> dict:
-        """The config.json dict (tuples as lists), which diffusers' AutoencoderKL.from_config accepts."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
 
 def _group_norm(channels: int, groups: int) -> nn.GroupNorm:

@@ -22,14 +22,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fastdit import ops
+from fastdit.configs.base import DiffusersConfig
 from fastdit.layers.attention import attention
 
 Stream = dict  # module -> its cached tail frames (or a "seen the first frame" marker): one per video pass
 
 
 @dataclasses.dataclass(frozen=True)
-class WanVAEConfig:
+class WanVAEConfig(DiffusersConfig):
     """diffusers' AutoencoderKLWan config.json keys; defaults = Wan2.1 (Wan-AI/Wan2.1-*-Diffusers/vae)."""
+
+    _diffusers_class = "AutoencoderKLWan"
 
     base_dim: int = 96
     decoder_base_dim: int | None = None
@@ -69,16 +72,6 @@ class WanVAEConfig:
             )
         if len(self.latents_mean) != self.z_dim or len(self.latents_std) != self.z_dim:
             raise ValueError(f"WanVAEConfig: latents_mean/latents_std need z_dim={self.z_dim} entries")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "WanVAEConfig":
-        """From config.json: keys starting with "_" are ignored, unknown keys rejected."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(k for k in d if not k.startswith("_") and k not in fields)
-        if unknown:
-            raise ValueError(f"WanVAEConfig: unknown config keys {unknown}; allowed: {sorted(fields)}")
-        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in fields}
-        return cls(**kw)
 
 
 # leaves
