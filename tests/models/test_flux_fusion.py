@@ -14,7 +14,7 @@ from fastdit.configs.flux import FluxTransformerConfig
 from fastdit.distributed import ParallelConfig, launch
 from fastdit.distributed.plans import SequenceParallelFlux
 from fastdit.layers.attention import attention
-from fastdit.loader.weights import load_state_dict
+from fastdit.loader.weights import build_module, init_dummy_weights, load_state_dict
 from fastdit.models.dits.flux import (
     FluxTransformer2DModel,
     flux_checkpoint_state_dict,
@@ -158,3 +158,39 @@ def test_sequence_parallel_plan_on_fused_model(tmp_path):
     _save_reference(tmp_path, guidance_embeds=True)
     err = launch(_sp_on_rank, ParallelConfig(2, 2, 1), str(tmp_path), device_type="cpu")
     assert err <= 1e-5
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts the aten ops of a forward by name."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts: dict[str, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts[str(func)] = self.counts.get(str(func), 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+def test_double_block_chain_equals_per_block_forward(fuse):
+    """The model's double-stream chain (each block's last gated residual fused with the next block's norm)
+    computes what calling every block's own forward does, and leaves only the last block's two addcmuls
+    (the single blocks' residuals are fused too): 3 double blocks, batch 2, odd sizes."""
+    config = FluxTransformerConfig(**{**TINY, "num_layers": 3}, guidance_embeds=True)
+    model = build_module(lambda: FluxTransformer2DModel(config, fuse_projections=fuse), torch.float32, "cpu")
+    init_dummy_weights(model, seed=4)
+    g = torch.Generator().manual_seed(11)
+    D = config.inner_dim
+    img, txt = torch.randn(2, 15, D, generator=g), torch.randn(2, 7, D, generator=g)
+    mods = [0.3 * torch.randn(2, 6 * D, generator=g) for _ in range(6)]
+    ids = torch.cat([torch.zeros(7, 3), torch.randn(15, 3, generator=g)])
+    rope = model.rope(ids[7:], ids[:7])
+    with torch.no_grad(), _OpCounter() as counter:
+        got_img, got_txt = model._double_stream(img, txt, mods, rope)
+    assert counter.counts.get("aten.addcmul.default", 0) == 2, counter.counts
+    with torch.no_grad():
+        want_img, want_txt = img, txt
+        for i, block in enumerate(model.transformer_blocks):
+            want_img, want_txt = block(want_img, want_txt, mods[2 * i], mods[2 * i + 1], rope)
+    assert _rel_l2(got_img, want_img) <= 1e-6 and _rel_l2(got_txt, want_txt) <= 1e-6

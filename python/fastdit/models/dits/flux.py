@@ -33,10 +33,17 @@ from torch import nn
 from fastdit.configs.flux import FluxTransformerConfig, flux_transformer_preset
 from fastdit.layers.attention import attention
 from fastdit.layers.embeddings import CombinedTimestepGuidanceTextProjEmbeddings
+from fastdit.layers.linear import linear_gelu_tanh
 from fastdit.layers.rope import rope_cos_sin
-from fastdit.loader.weights import build_module, init_dummy_weights, load_state_dict, load_weights, read_config
+from fastdit.loader.weights import (
+    build_module,
+    init_dummy_weights,
+    load_state_dict,
+    load_weights,
+    read_config,
+)
 from fastdit.log import get_logger
-from fastdit.ops import gated_residual_norm_modulate, gelu_tanh, layer_norm_modulate, qk_norm_rope
+from fastdit.ops import gated_residual_norm_modulate, layer_norm_modulate, qk_norm_rope
 
 AttnOp = Callable[..., torch.Tensor]
 Rope = tuple[torch.Tensor, torch.Tensor]  # (cos, sin), each [S_txt + S_img, Dh / 2] fp32
@@ -102,7 +109,8 @@ class QKNorm(nn.Module):
 
 
 class GELUProj(nn.Module):
-    """gelu_tanh(proj(x)): diffusers' GELU(approximate="tanh") activation module, ff.net.0."""
+    """gelu_tanh(proj(x)): diffusers' GELU(approximate="tanh") activation module, ff.net.0. On CUDA one GEMM
+    with cuBLASLt's bias + GELU epilogue (layers.linear.linear_gelu_tanh)."""
 
     def __init__(self, dim: int, inner_dim: int, kernel_backend: str) -> None:
         super().__init__()
@@ -110,7 +118,7 @@ class GELUProj(nn.Module):
         self.proj = nn.Linear(dim, inner_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return gelu_tanh(self.proj(x), backend=self.kernel_backend)
+        return linear_gelu_tanh(x, self.proj.weight, self.proj.bias, backend=self.kernel_backend)
 
 
 class FeedForward(nn.Module):
@@ -240,20 +248,29 @@ class FluxTransformerBlock(nn.Module):
                 rope: Rope) -> tuple[torch.Tensor, torch.Tensor]:
         """img [B, S_img, D], txt [B, S_txt, D], img_mod / txt_mod [B, 6D] -> (img, txt)."""
         backend = self.kernel_backend
-        img_msa, img_mlp = split_modulation(img_mod, 2)
-        txt_msa, txt_mlp = split_modulation(txt_mod, 2)
-        # attention
+        (img_msa, img_mlp), (txt_msa, txt_mlp) = split_modulation(img_mod, 2), split_modulation(txt_mod, 2)
         img_in = layer_norm_modulate(img, img_msa.shift, img_msa.scale, NORM_EPS, backend=backend)
         txt_in = layer_norm_modulate(txt, txt_msa.shift, txt_msa.scale, NORM_EPS, backend=backend)
+        img, txt, img_ff, txt_ff = self.branches(img, txt, img_in, txt_in, img_mod, txt_mod, rope)
+        img = torch.addcmul(img, img_mlp.gate.unsqueeze(1), img_ff)
+        txt = torch.addcmul(txt, txt_mlp.gate.unsqueeze(1), txt_ff)
+        return img, _clip_fp16(txt)
+
+    def branches(self, img: torch.Tensor, txt: torch.Tensor, img_in: torch.Tensor, txt_in: torch.Tensor,
+                 img_mod: torch.Tensor, txt_mod: torch.Tensor,
+                 rope: Rope) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The block up to its last gated residual: img_in / txt_in = the modulated norms (msa) of img / txt
+        -> (img, txt after the attention residual, img_ff, txt_ff before their gate_mlp). The block's output
+        is img + gate_mlp * img_ff: the model fuses that with the next block's modulated norm."""
+        backend = self.kernel_backend
+        (img_msa, img_mlp), (txt_msa, txt_mlp) = split_modulation(img_mod, 2), split_modulation(txt_mod, 2)
         img_attn, txt_attn = self.attn.forward_joint(img_in, txt_in, rope, self.attn_op)
         # feed-forward: the gated residual of attention fused with the next modulated norm
         img, img_in = gated_residual_norm_modulate(img, img_attn, img_msa.gate, img_mlp.shift, img_mlp.scale,
                                                    NORM_EPS, backend=backend)
         txt, txt_in = gated_residual_norm_modulate(txt, txt_attn, txt_msa.gate, txt_mlp.shift, txt_mlp.scale,
                                                    NORM_EPS, backend=backend)
-        img = torch.addcmul(img, img_mlp.gate.unsqueeze(1), self.ff(img_in))
-        txt = torch.addcmul(txt, txt_mlp.gate.unsqueeze(1), self.ff_context(txt_in))
-        return img, _clip_fp16(txt)
+        return img, txt, self.ff(img_in), self.ff_context(txt_in)
 
 
 class FluxSingleTransformerBlock(nn.Module):
@@ -293,12 +310,13 @@ class FluxSingleTransformerBlock(nn.Module):
             rows = 3 * self.inner_dim
             weight, bias = self.linear1.weight, self.linear1.bias
             q, k, v = self.attn.split_heads(F.linear(y, weight[:rows], bias[:rows]))  # [B, S, H, Dh] views
-            mlp_in = F.linear(y, weight[rows:], bias[rows:])  # [B, S, 4D]
+            mlp_weight, mlp_bias = weight[rows:], bias[rows:]
         else:
             q, k, v = self.attn.project(y)
-            mlp_in = self.proj_mlp(y)
+            mlp_weight, mlp_bias = self.proj_mlp.weight, self.proj_mlp.bias
+        # [B, S, 4D]; on CUDA one GEMM with the GELU epilogue (the pre-activation is never written)
+        mlp_out = linear_gelu_tanh(y, mlp_weight, mlp_bias, backend=self.kernel_backend)
         attn_out = self.attn.forward_single(q, k, v, rope, self.attn_op, txt_len)
-        mlp_out = gelu_tanh(mlp_in, backend=self.kernel_backend)
         return self._proj_out(attn_out, mlp_out)
 
     def _proj_out(self, attn_out: torch.Tensor, mlp_out: torch.Tensor) -> torch.Tensor:
@@ -406,13 +424,40 @@ class FluxTransformer2DModel(nn.Module):
         mods = iter(self.modulations(silu_temb))
         if rope is None:
             rope = self.rope(img_ids, txt_ids)
-        # double-stream blocks
-        for block in self.transformer_blocks:
-            img, txt = block(img, txt, next(mods), next(mods), rope)
+        img, txt = self._double_stream(img, txt, [next(mods) for _ in range(2 * len(self.transformer_blocks))], rope)
         # single-stream blocks over the joint sequence, text first, then the output norm
         x = torch.cat([txt, img], dim=1)
         single_mods = [next(mods) for _ in self.single_transformer_blocks]
         return self.proj_out(self._single_stream(x, single_mods, next(mods), rope, txt_len))
+
+    def _double_stream(self, img: torch.Tensor, txt: torch.Tensor, mods: list[torch.Tensor],
+                       rope: Rope) -> tuple[torch.Tensor, torch.Tensor]:
+        """img [B, S_img, D], txt [B, S_txt, D] through the double blocks (mods: img_mod, txt_mod per block).
+
+        Each block's last gated residual x + gate_mlp * ff(...) is fused with the next block's first modulated
+        norm (gated_residual_norm_modulate), per stream: one pass over [B, S, D] instead of two, and no
+        separate addcmul kernel; the last block's residuals stay addcmuls (the single blocks concatenate
+        them). fp16 runs keep the unfused blocks: diffusers clips the fp16 txt residual after each block."""
+        blocks, backend = self.transformer_blocks, self.kernel_backend
+        if img.dtype == torch.float16 or len(blocks) == 0:
+            for i, block in enumerate(blocks):
+                img, txt = block(img, txt, mods[2 * i], mods[2 * i + 1], rope)
+            return img, txt
+        # per block and stream: (msa, mlp) Modulations
+        split = [split_modulation(mod, 2) for mod in mods]
+        img_in = layer_norm_modulate(img, split[0][0].shift, split[0][0].scale, NORM_EPS, backend=backend)
+        txt_in = layer_norm_modulate(txt, split[1][0].shift, split[1][0].scale, NORM_EPS, backend=backend)
+        for i, block in enumerate(blocks[:-1]):
+            img, txt, img_ff, txt_ff = block.branches(img, txt, img_in, txt_in, mods[2 * i], mods[2 * i + 1], rope)
+            (_, img_mlp), (img_next, _) = split[2 * i], split[2 * i + 2]
+            (_, txt_mlp), (txt_next, _) = split[2 * i + 1], split[2 * i + 3]
+            img, img_in = gated_residual_norm_modulate(img, img_ff, img_mlp.gate, img_next.shift, img_next.scale,
+                                                       NORM_EPS, backend=backend)
+            txt, txt_in = gated_residual_norm_modulate(txt, txt_ff, txt_mlp.gate, txt_next.shift, txt_next.scale,
+                                                       NORM_EPS, backend=backend)
+        img, txt, img_ff, txt_ff = blocks[-1].branches(img, txt, img_in, txt_in, mods[-2], mods[-1], rope)
+        img_gate, txt_gate = split[-2][1].gate, split[-1][1].gate
+        return torch.addcmul(img, img_gate.unsqueeze(1), img_ff), torch.addcmul(txt, txt_gate.unsqueeze(1), txt_ff)
 
     def _single_stream(self, x: torch.Tensor, mods: list[torch.Tensor], out_mod: torch.Tensor, rope: Rope,
                        txt_len: int) -> torch.Tensor:
