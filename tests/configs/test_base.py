@@ -48,9 +48,12 @@ def test_json_round_trip(config):
 
 @pytest.mark.parametrize(
     "cls, diffusers_class",
-    [(AutoencoderKLConfig, "AutoencoderKL"), (WanVAEConfig, "AutoencoderKLWan"),
-     (WanTransformerConfig, "WanTransformer3DModel"), (FlowMatchEulerSchedulerConfig, "FlowMatchEulerDiscreteScheduler"),
-     (UniPCSchedulerConfig, "UniPCMultistepScheduler"), (flux_configs.FluxTransformerConfig, "FluxTransformer2DModel")],
+    [
+        (AutoencoderKLConfig, "AutoencoderKL"), (WanVAEConfig, "AutoencoderKLWan"),
+        (WanTransformerConfig, "WanTransformer3DModel"),
+        (FlowMatchEulerSchedulerConfig, "FlowMatchEulerDiscreteScheduler"),
+        (UniPCSchedulerConfig, "UniPCMultistepScheduler"), (flux_configs.FluxTransformerConfig, "FluxTransformer2DModel"),
+    ],
 )
 def test_unknown_keys_one_line_error(cls, diffusers_class):
     with pytest.raises(ValueError) as err:

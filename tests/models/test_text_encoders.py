@@ -131,6 +131,9 @@ def test_bad_prompts_and_lengths(checkpoint):
         t5.encode([])
     with pytest.raises(ValueError, match=r"max_sequence_length=513 must be an integer in 1..512"):
         t5.encode("a", max_sequence_length=513)
+    for bad in (0, True, 8.0):
+        with pytest.raises(ValueError, match=rf"max_sequence_length={bad!r} must be an integer in 1..512"):
+            t5.encode("a", max_sequence_length=bad)
 
 
 def test_truncation_is_logged(checkpoint):

@@ -46,6 +46,9 @@ def test_umt5_errors_and_cleaning(wan_text_folder):
     ours = UMT5TextEncoder.from_pretrained(str(wan_text_folder), torch.float32, "cpu")
     with pytest.raises(ValueError, match="max_sequence_length=513 must be an integer in 1..512"):
         ours.encode("fox", max_sequence_length=513)
+    with pytest.raises(ValueError, match="max_sequence_length=True must be an integer in 1..512"):
+        ours.encode("fox", max_sequence_length=True)
+    assert ours.to("cpu") is ours and ours.device == torch.device("cpu") and ours.dtype == torch.float32
     with pytest.raises(ValueError, match="prompt must be a string"):
         ours.encode([])
     assert prompt_clean("  a\n\tb &amp;amp; c ") == "a b & c"

@@ -15,6 +15,7 @@ import os
 import torch
 from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel
 
+from fastdit.configs.base import lookup_preset
 from fastdit.models.encoders.hf_loading import EncoderWithTokenizer, dummy_encoder, load_pretrained_encoder
 from fastdit.models.encoders.tokenizers import check_prompts, clip_standin_tokenizer, tokenize_to_length
 
@@ -35,9 +36,7 @@ CLIP_PRESETS: dict[str, dict] = {
 
 
 def clip_preset(name: str) -> CLIPTextConfig:
-    if name not in CLIP_PRESETS:
-        raise ValueError(f"unknown CLIP text encoder preset {name!r}; built-in: {sorted(CLIP_PRESETS)}")
-    return CLIPTextConfig(**CLIP_PRESETS[name])
+    return CLIPTextConfig(**lookup_preset(CLIP_PRESETS, name, "CLIP text encoder"))
 
 
 class CLIPTextEncoder(EncoderWithTokenizer):

@@ -17,7 +17,8 @@ import torch
 from PIL import Image
 from transformers import AutoImageProcessor, CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel
 
-from fastdit.models.encoders.hf_loading import dummy_encoder, load_pretrained_encoder
+from fastdit.configs.base import lookup_preset
+from fastdit.models.encoders.hf_loading import HFEncoder, dummy_encoder, load_pretrained_encoder
 
 # CLIPVisionConfig keyword arguments: open-clip ViT-H/14 as shipped in Wan2.1-I2V's image_encoder/config.json,
 # and a CPU-sized one whose hidden_size is wan-tiny-i2v's image_dim.
@@ -34,9 +35,7 @@ CLIP_VISION_PRESETS: dict[str, dict] = {
 
 
 def clip_vision_preset(name: str) -> CLIPVisionConfig:
-    if name not in CLIP_VISION_PRESETS:
-        raise ValueError(f"unknown CLIP vision encoder preset {name!r}; built-in: {sorted(CLIP_VISION_PRESETS)}")
-    return CLIPVisionConfig(**CLIP_VISION_PRESETS[name])
+    return CLIPVisionConfig(**lookup_preset(CLIP_VISION_PRESETS, name, "CLIP vision encoder"))
 
 
 def default_image_processor(image_size: int) -> CLIPImageProcessorPil:
@@ -46,11 +45,11 @@ def default_image_processor(image_size: int) -> CLIPImageProcessorPil:
     )
 
 
-class CLIPVisionEncoder:
+class CLIPVisionEncoder(HFEncoder):
     """A CLIPVisionModel and its image processor; `encode` gives Wan's image tokens."""
 
     def __init__(self, model: CLIPVisionModel, processor):
-        self.model = model
+        super().__init__(model)
         self.processor = processor
 
     @classmethod
@@ -66,18 +65,6 @@ class CLIPVisionEncoder:
         config = clip_vision_preset(preset)
         model = dummy_encoder(CLIPVisionModel, config, dtype, device, seed)
         return cls(model, default_image_processor(config.image_size))
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model.dtype
-
-    def to(self, device: str | torch.device) -> "CLIPVisionEncoder":
-        self.model.to(device)
-        return self
 
     @torch.no_grad()
     def encode(self, images: Image.Image | list[Image.Image]) -> torch.Tensor:

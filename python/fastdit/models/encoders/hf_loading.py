@@ -1,5 +1,5 @@
-"""Building a transformers text encoder (from a checkpoint folder, or from a config with random weights),
-and `EncoderWithTokenizer`, the base of the text-encoder wrappers (clip.py, t5.py, umt5.py).
+"""Building a transformers encoder (from a checkpoint folder, or from a config with random weights), and
+`HFEncoder`, the base of the encoder wrappers (clip.py, t5.py, umt5.py: `EncoderWithTokenizer`; clip_vision.py).
 
 Both loading paths put the weights straight on the target device: the
 folder path through transformers' own loader (`device_map`), the dummy path through fastdit's meta-device
@@ -49,16 +49,15 @@ def dummy_encoder(
     return model
 
 
-class EncoderWithTokenizer:
-    """A transformers encoder and its tokenizer: the part every text-encoder wrapper shares.
+class HFEncoder:
+    """A transformers encoder model: the part every encoder wrapper shares.
 
-    Subclasses add `from_pretrained`, `dummy` and `encode`; the runner moves `.model` with `to()` for CPU
-    offload and reads `device` / `dtype` to place inputs and outputs.
+    Subclasses add their preprocessor, `from_pretrained`, `dummy` and `encode`; the runner moves `.model`
+    with `to()` for CPU offload and reads `device` / `dtype` to place inputs and outputs.
     """
 
-    def __init__(self, model: PreTrainedModel, tokenizer):
+    def __init__(self, model: PreTrainedModel):
         self.model = model
-        self.tokenizer = tokenizer
 
     @property
     def device(self) -> torch.device:
@@ -72,3 +71,11 @@ class EncoderWithTokenizer:
         """Moves the weights (CPU offload and back); returns self."""
         self.model.to(device)
         return self
+
+
+class EncoderWithTokenizer(HFEncoder):
+    """A transformers text encoder and its tokenizer (CLIP text, T5, UMT5)."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer):
+        super().__init__(model)
+        self.tokenizer = tokenizer

@@ -15,8 +15,11 @@ import os
 import torch
 from transformers import AutoTokenizer, T5Config, T5EncoderModel
 
+from fastdit.configs.base import lookup_preset
 from fastdit.models.encoders.hf_loading import EncoderWithTokenizer, dummy_encoder, load_pretrained_encoder
-from fastdit.models.encoders.tokenizers import check_prompts, t5_standin_tokenizer, tokenize_to_length
+from fastdit.models.encoders.tokenizers import (
+    check_max_sequence_length, check_prompts, t5_standin_tokenizer, tokenize_to_length,
+)
 
 # T5Config keyword arguments of the built-in architectures. FLUX.1-dev's is google/t5-v1_1-xxl's encoder as
 # shipped in its text_encoder_2/config.json.
@@ -38,9 +41,7 @@ DEFAULT_MAX_SEQUENCE_LENGTH = 512  # FluxPipeline's max_sequence_length default 
 
 
 def t5_preset(name: str) -> T5Config:
-    if name not in T5_PRESETS:
-        raise ValueError(f"unknown T5 text encoder preset {name!r}; built-in: {sorted(T5_PRESETS)}")
-    return T5Config(**T5_PRESETS[name])
+    return T5Config(**lookup_preset(T5_PRESETS, name, "T5 text encoder"))
 
 
 class T5TextEncoder(EncoderWithTokenizer):
@@ -68,10 +69,7 @@ class T5TextEncoder(EncoderWithTokenizer):
     def encode(self, prompts: str | list[str], max_sequence_length: int = DEFAULT_MAX_SEQUENCE_LENGTH) -> torch.Tensor:
         """prompts (B strings) -> embeddings [B, max_sequence_length, d_model] in the model's dtype, on its device."""
         prompts = check_prompts(prompts)
-        if not isinstance(max_sequence_length, int) or not 0 < max_sequence_length <= DEFAULT_MAX_SEQUENCE_LENGTH:
-            raise ValueError(
-                f"max_sequence_length={max_sequence_length!r} must be an integer in 1..{DEFAULT_MAX_SEQUENCE_LENGTH}"
-            )
+        check_max_sequence_length(max_sequence_length, DEFAULT_MAX_SEQUENCE_LENGTH)
         ids = tokenize_to_length(self.tokenizer, prompts, max_sequence_length, "T5")  # [B, L]
         hidden = self.model(ids.to(self.device), output_hidden_states=False)[0]
         return hidden.to(self.dtype)

@@ -94,6 +94,14 @@ def check_prompts(prompts: str | list[str]) -> list[str]:
     return list(prompts)
 
 
+def check_max_sequence_length(max_sequence_length: int, limit: int) -> int:
+    """max_sequence_length if it is an integer in 1..limit; anything else is a one-line ValueError."""
+    n = max_sequence_length
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= limit:
+        raise ValueError(f"max_sequence_length={max_sequence_length!r} must be an integer in 1..{limit}")
+    return max_sequence_length
+
+
 def tokenize_to_length(tokenizer, prompts: list[str], max_length: int, what: str) -> torch.Tensor:
     """input_ids [B, max_length]: padded to max_length and truncated to it (special tokens kept), as
     FluxPipeline tokenizes for both encoders. Logs a warning naming how much of a prompt was cut."""

@@ -18,8 +18,9 @@ import re
 import torch
 from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
 
-from fastdit.models.encoders.hf_loading import dummy_encoder, load_pretrained_encoder
-from fastdit.models.encoders.tokenizers import check_prompts, t5_standin_tokenizer
+from fastdit.configs.base import lookup_preset
+from fastdit.models.encoders.hf_loading import EncoderWithTokenizer, dummy_encoder, load_pretrained_encoder
+from fastdit.models.encoders.tokenizers import check_max_sequence_length, check_prompts, t5_standin_tokenizer
 
 try:  # diffusers' Wan pipelines clean prompts with ftfy when it is installed; so do we, to give the same ids
     import ftfy
@@ -43,9 +44,7 @@ UMT5_PRESETS: dict[str, dict] = {
 
 
 def umt5_preset(name: str) -> UMT5Config:
-    if name not in UMT5_PRESETS:
-        raise ValueError(f"unknown UMT5 text encoder preset {name!r}; built-in: {sorted(UMT5_PRESETS)}")
-    return UMT5Config(**UMT5_PRESETS[name])
+    return UMT5Config(**lookup_preset(UMT5_PRESETS, name, "UMT5 text encoder"))
 
 
 def prompt_clean(text: str) -> str:
@@ -56,12 +55,8 @@ def prompt_clean(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-class UMT5TextEncoder:
+class UMT5TextEncoder(EncoderWithTokenizer):
     """A UMT5EncoderModel and its tokenizer; `encode` gives Wan's zero-padded prompt embedding."""
-
-    def __init__(self, model: UMT5EncoderModel, tokenizer):
-        self.model = model
-        self.tokenizer = tokenizer
 
     @classmethod
     def from_pretrained(
@@ -79,26 +74,12 @@ class UMT5TextEncoder:
         model = dummy_encoder(UMT5EncoderModel, config, dtype, device, seed)
         return cls(model, t5_standin_tokenizer(config.vocab_size, MAX_SEQUENCE_LENGTH))
 
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model.dtype
-
-    def to(self, device: str | torch.device) -> "UMT5TextEncoder":
-        """Moves the weights (CPU offload and back); returns self."""
-        self.model.to(device)
-        return self
-
     @torch.no_grad()
     def encode(self, prompts: str | list[str], max_sequence_length: int = MAX_SEQUENCE_LENGTH) -> torch.Tensor:
         """prompts (B strings) -> [B, max_sequence_length, d_model] in the model's dtype; rows past each
         prompt's token count (EOS included) are exactly zero."""
         prompts = [prompt_clean(p) for p in check_prompts(prompts)]
-        if not isinstance(max_sequence_length, int) or not 0 < max_sequence_length <= MAX_SEQUENCE_LENGTH:
-            raise ValueError(f"max_sequence_length={max_sequence_length!r} must be an integer in 1..{MAX_SEQUENCE_LENGTH}")
+        check_max_sequence_length(max_sequence_length, MAX_SEQUENCE_LENGTH)
         tokens = self.tokenizer(
             prompts, padding="max_length", max_length=max_sequence_length, truncation=True,
             add_special_tokens=True, return_attention_mask=True, return_tensors="pt",
