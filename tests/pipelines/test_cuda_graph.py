@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 
@@ -249,6 +250,64 @@ def test_torch_compile_path_matches_eager():
     kwargs = dict(height=256, width=256, num_inference_steps=3, seed=3, output_type="latent", show_progress=False)
     assert _rel_l2(compiled("a red fox", **kwargs), eager("a red fox", **kwargs)) <= 2e-2
     assert compiled.recipe.denoiser.failure is None and compiled.recipe.denoiser.captures == 1
+
+
+def _pool_segment_of(ptr: int, pool) -> bool:
+    """Whether device address `ptr` lies in a segment of the caching allocator's private pool `pool`."""
+    for seg in torch.cuda.memory_snapshot():
+        if tuple(seg.get("segment_pool_id", (0, 0))) == tuple(pool) and \
+                seg["address"] <= ptr < seg["address"] + seg["total_size"]:
+            return True
+    return False
+
+
+@pytest.mark.gpu
+def test_pool_memory_lends_the_graph_pool_and_replays_stay_exact():
+    """Inside pool_memory() allocations come from the graphs' pool (the step's freed activations: no new
+    memory reserved), on the capture stream; garbage written there does not change later replays."""
+    config = MID
+    model = _model(config, "cuda", torch.bfloat16)
+    graphed = GraphedDenoiser(model)
+    with torch.inference_mode():
+        with graphed.pool_memory():  # nothing captured yet: a plain block
+            plain = torch.empty(1024, device="cuda")
+        args = _step_inputs(config, 1, 32, 128, 0, "cuda", torch.bfloat16)
+        rope = model.rope(args[4], args[5])
+        first = graphed(*args, rope=rope)
+        expected = model(*args, rope=rope)
+        assert graphed.captures == 1 and not _pool_segment_of(plain.data_ptr(), graphed._pool)
+        torch.cuda.synchronize()
+        reserved = torch.cuda.memory_reserved()
+        caller = torch.cuda.current_stream()
+        with graphed.pool_memory():
+            assert torch.cuda.current_stream() == graphed._stream != caller
+            # one MLP activation's size [S, 4D]: the step freed blocks at least this large during capture
+            lent = torch.full((32 * 32 + 128, 4 * config.inner_dim), float("nan"), dtype=torch.bfloat16,
+                              device="cuda")
+            assert _pool_segment_of(lent.data_ptr(), graphed._pool)
+            lent.mul_(2)
+            del lent
+        assert torch.cuda.current_stream() == caller
+        assert torch.cuda.memory_reserved() == reserved
+        again = graphed(*args, rope=rope)
+    assert graphed.captures == 1 and graphed.failure is None
+    assert _rel_l2(again, expected) <= GRAPH_TOL and _rel_l2(again, first) <= 1e-6
+
+
+@pytest.mark.gpu
+def test_pipeline_images_graphed_equal_eager():
+    """output_type pil: the VAE decodes in the graphs' pool between requests; images and latents match eager
+    over two requests of one shape (the second replays after a decode used the pool)."""
+    graphed = Pipeline.from_pretrained("flux-tiny", device="cuda", load_format="dummy")
+    eager = Pipeline.from_pretrained("flux-tiny", device="cuda", load_format="dummy", cuda_graph=False)
+    for seed in (1, 2):
+        request = GenerationRequest(prompt="a red fox", height=256, width=256, num_inference_steps=3, seed=seed)
+        got, want = graphed.run(request, show_progress=False), eager.run(request, show_progress=False)
+        assert _rel_l2(got.latents, want.latents) <= GRAPH_TOL
+        pixels = [torch.from_numpy(np.asarray(im, dtype=np.float32)) for im in (got.images[0], want.images[0])]
+        assert pixels[0].shape == (256, 256, 3)
+        assert (pixels[0] - pixels[1]).abs().mean() <= 2.0, seed  # 8-bit images of latents within GRAPH_TOL
+    assert graphed.recipe.denoiser.failure is None and graphed.recipe.denoiser.captures == 1
 
 
 class _Syncing(torch.nn.Module):

@@ -12,13 +12,17 @@ the graph's static input buffers, replays, and returns a copy of the static outp
 as true CFG makes, never overwrite each other's result). Nothing here reads a GPU value on the host: the only
 synchronisations happen when a new signature is captured, before the first step of that shape.
 
-All graphs share one memory pool. That is safe because graphs replay one at a time on one stream and no
-output outlives its replay (it is copied out), while the static inputs live outside the pool.
+All graphs share one memory pool, captured on one stream of their own. That is safe because graphs replay one
+at a time on one stream and no output outlives its replay (it is copied out), while the static inputs live
+outside the pool. Between replays the pool's memory is free: `pool_memory()` lends it to other work (the VAE
+decode after the loop) instead of the process holding the step's activations AND the decoder's.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +45,9 @@ MAX_GRAPHS = 4
 # addcmul, casts, the conditioning MLPs), which "default" already does. Our own CUDA graph replaces
 # "reduce-overhead"'s.
 COMPILE_MODE = "default"
+# The caching allocator's hooks that route one thread's allocations to a private pool (torch's cudagraph trees
+# use the same three): begin (takes a reference on the pool), end, release (drops it).
+_POOL_HOOKS = ("_cuda_beginAllocateCurrentThreadToPool", "_cuda_endAllocateToPool", "_cuda_releasePool")
 
 
 def compile_model(model: torch.nn.Module, mode: str = COMPILE_MODE, backend: str = "inductor") -> torch.nn.Module:
@@ -87,6 +94,7 @@ class GraphedDenoiser:
         self.failure: str | None = None
         self._graphs: OrderedDict[tuple, _Captured] = OrderedDict()
         self._pool = None
+        self._stream: torch.cuda.Stream | None = None  # every capture's stream: the pool's blocks are on it
 
     def __call__(self, *args, **kwargs):
         leaves, spec = pytree.tree_flatten((args, kwargs))
@@ -117,6 +125,33 @@ class GraphedDenoiser:
         captured.graph.replay()
         return pytree.tree_map_only(torch.Tensor, torch.clone, captured.static_output)
 
+    @contextmanager
+    def pool_memory(self) -> Iterator[None]:
+        """Within this block the current thread's CUDA allocations come from the graphs' pool, on the capture
+        stream (made current here, ordered after the caller's stream and before it again on exit): e.g. the
+        VAE decode after the denoising loop reuses the captured step's activation memory, so the process holds
+        max(step, decode) instead of both -- what an eager run's caching allocator holds.
+
+        The caller's contract (that of torch's own cudagraph trees, which allocate into their pools the same
+        way): no graph of this denoiser replays inside the block, and no tensor allocated inside is used after
+        it (copy results out first: a later replay overwrites that memory). Without a captured graph, or on a
+        torch without the allocator hooks, the block runs as it is."""
+        hooks = [getattr(torch._C, name, None) for name in _POOL_HOOKS]
+        if self._pool is None or not self._graphs or None in hooks:
+            yield
+            return
+        begin, end, release = hooks
+        device, caller = self._stream.device, torch.cuda.current_stream(self._stream.device)
+        self._stream.wait_stream(caller)
+        with torch.cuda.stream(self._stream):
+            begin(device.index, self._pool)  # holds a reference on the pool until `release`
+            try:
+                yield
+            finally:
+                end(device.index, self._pool)
+                release(device.index, self._pool)
+        caller.wait_stream(self._stream)
+
     def _call_static(self, static_leaves: list[Any], spec) -> Any:
         args, kwargs = pytree.tree_unflatten(static_leaves, spec)
         return self.model(*args, **kwargs)
@@ -136,9 +171,10 @@ class GraphedDenoiser:
         """Capture one call on the static arguments into the shared pool."""
         with torch.cuda.device(device):
             if self._pool is None:
-                self._pool = torch.cuda.graph_pool_handle()
+                self._pool, self._stream = torch.cuda.graph_pool_handle(), torch.cuda.Stream(device)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool):
+            # the same stream for every capture, as torch.cuda.graph asks for memory sharing through `pool`
+            with torch.cuda.graph(graph, pool=self._pool, stream=self._stream):
                 static_output = self._call_static(static_leaves, spec)
         self.captures += 1
         shapes = [tuple(x.shape) for x in static_leaves if isinstance(x, torch.Tensor)]

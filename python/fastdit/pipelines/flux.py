@@ -17,6 +17,7 @@ CPU generator; so one seed gives the same noise on every device, and the same im
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -282,13 +283,19 @@ class FluxRecipe:
         state.latents = latents
 
     def decode(self, request: GenerationRequest, state: FluxState) -> None:
-        """Packed latents -> PIL images, through the VAE, as diffusers' VaeImageProcessor.postprocess."""
+        """Packed latents -> PIL images, through the VAE, as diffusers' VaeImageProcessor.postprocess.
+        With CUDA graphs on, the VAE runs in the graphs' memory pool (GraphedDenoiser.pool_memory: no replay
+        happens during the decode, and only host copies leave it), so the process does not hold the step's
+        activations and the decoder's at once: the peak stays an eager run's."""
         config = self.vae.config
-        latents = unpack_latents(state.latents, state.latent_height, state.latent_width)
-        latents = latents / config.scaling_factor + (config.shift_factor or 0.0)
-        image = self.vae.decode(latents.to(self.vae_dtype))  # [B, 3, H, W] in about [-1, 1]
-        image = (image / 2 + 0.5).clamp(0, 1)
-        pixels = (image.permute(0, 2, 3, 1).float().cpu().numpy() * 255).round().astype(np.uint8)
+        graphed = self._graphed if self.cuda_graph else None
+        with graphed.pool_memory() if graphed is not None else contextlib.nullcontext():
+            latents = unpack_latents(state.latents, state.latent_height, state.latent_width)
+            latents = latents / config.scaling_factor + (config.shift_factor or 0.0)
+            image = self.vae.decode(latents.to(self.vae_dtype))  # [B, 3, H, W] in about [-1, 1]
+            image = (image / 2 + 0.5).clamp(0, 1)
+            pixels = (image.permute(0, 2, 3, 1).float().cpu().numpy() * 255).round().astype(np.uint8)
+            del latents, image  # pool memory: nothing on the GPU outlives the block
         state.images = [Image.fromarray(p) for p in pixels]
 
     def save(self, request: GenerationRequest, state: FluxState, target: SaveTarget) -> None:
