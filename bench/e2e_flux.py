@@ -25,6 +25,7 @@ import json
 import re
 import statistics
 import time
+from collections import Counter
 
 import torch
 
@@ -200,8 +201,23 @@ def kernel_group(name: str) -> str:
     return next((group for group, pattern in KERNEL_GROUPS if pattern.search(name)), "other")
 
 
+def kernel_launchers(events) -> dict[str, Counter]:
+    """kernel name -> Counter of the CPU op chains that launched it ("inner < parent < grandparent"): the
+    profiler attaches each kernel to the op whose scope it was launched in (e.g. which op's memsets these are)."""
+    launchers: dict[str, Counter] = {}
+    for event in events:
+        for kernel in getattr(event, "kernels", ()):
+            chain, op = [], event
+            while op is not None and len(chain) < 3:
+                chain.append(op.name)
+                op = op.cpu_parent
+            launchers.setdefault(kernel.name, Counter())[" < ".join(chain)] += 1
+    return launchers
+
+
 def kernel_breakdown(step, device: torch.device, top: int = 25) -> dict:
-    """CUDA time per kernel of one `step()` under the torch profiler: the `top` kernels and per-group totals."""
+    """CUDA time per kernel of one `step()` under the torch profiler: the `top` kernels (with the ops that
+    launched them) and per-group totals."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
@@ -214,6 +230,7 @@ def kernel_breakdown(step, device: torch.device, top: int = 25) -> dict:
     kernels = [(e.key, e.self_device_time_total / 1e3, e.count) for e in prof.key_averages()
                if e.device_type == DeviceType.CUDA and e.self_device_time_total > 0]
     kernels.sort(key=lambda k: -k[1])
+    launchers = kernel_launchers(prof.events())
     total = sum(ms for _, ms, _ in kernels)
     groups: dict[str, float] = {}
     for name, ms, _ in kernels:
@@ -221,7 +238,8 @@ def kernel_breakdown(step, device: torch.device, top: int = 25) -> dict:
     return {
         "total_ms": total,
         "groups": {g: {"ms": ms, "share": ms / total} for g, ms in sorted(groups.items(), key=lambda x: -x[1])},
-        "top": [{"kernel": name, "group": kernel_group(name), "ms": ms, "calls": n, "share": ms / total}
+        "top": [{"kernel": name, "group": kernel_group(name), "ms": ms, "calls": n, "share": ms / total,
+                 "launched_by": launchers.get(name, Counter()).most_common(3)}
                 for name, ms, n in kernels[:top]],
     }
 
@@ -233,6 +251,8 @@ def print_breakdown(breakdown: dict) -> None:
     print(f"{'ms':>8} {'%':>5} {'calls':>5} {'group':>9}  kernel")
     for k in breakdown["top"]:
         print(f"{k['ms']:8.2f} {100 * k['share']:5.1f} {k['calls']:5d} {k['group']:>9}  {k['kernel'][:100]}")
+        if k["group"] in ("other", "norm") or "memset" in k["kernel"].lower():  # where the small kernels come from
+            print(" " * 32 + "<- " + ", ".join(f"{chain[:90]} x{n}" for chain, n in k["launched_by"]))
 
 
 SIDES = ("fastdit", "diffusers", "diffusers+compile", "fastdit+compile")

@@ -159,6 +159,10 @@ class GraphedDenoiser:
     def _warm_up(self, leaves: list[Any], spec, device: torch.device) -> list[Any]:
         """Static copies of the tensor arguments, and `warmup_calls` eager calls on them on a side stream."""
         static_leaves = [x.clone() if isinstance(x, torch.Tensor) else x for x in leaves]
+        # Blocks cached on the caller's stream (the text encoders') cannot serve the side stream's warm-up:
+        # return them first, so that a capture's peak is an eager step's (torch.cuda.graph empties the cache
+        # again before recording, which frees the warm-up's blocks)
+        torch.cuda.empty_cache()
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
