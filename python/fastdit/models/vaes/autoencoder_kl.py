@@ -180,36 +180,41 @@ class MidBlock2D(nn.Module):
         return x
 
 
-class DownEncoderBlock2D(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, num_layers: int, groups: int, add_downsample: bool):
+class _ResnetStack(nn.Module):
+    """num_layers ResnetBlock2D (in -> out, then out -> out), then the optional 2x resampler that the subclass
+    keeps in the ModuleList named `resampler_name` (the diffusers checkpoint key), or None there."""
+
+    resampler_name = ""
+
+    def __init__(self, in_channels: int, out_channels: int, num_layers: int, groups: int):
         super().__init__()
         self.resnets = nn.ModuleList(
             [ResnetBlock2D(in_channels if i == 0 else out_channels, out_channels, groups) for i in range(num_layers)]
         )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for resnet in self.resnets:
+            x = resnet(x)
+        resamplers = getattr(self, self.resampler_name)
+        if resamplers is not None:
+            x = resamplers[0](x)
+        return x
+
+
+class DownEncoderBlock2D(_ResnetStack):
+    resampler_name = "downsamplers"
+
+    def __init__(self, in_channels: int, out_channels: int, num_layers: int, groups: int, add_downsample: bool):
+        super().__init__(in_channels, out_channels, num_layers, groups)
         self.downsamplers = nn.ModuleList([Downsample2D(out_channels)]) if add_downsample else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for resnet in self.resnets:
-            x = resnet(x)
-        if self.downsamplers is not None:
-            x = self.downsamplers[0](x)
-        return x
 
+class UpDecoderBlock2D(_ResnetStack):
+    resampler_name = "upsamplers"
 
-class UpDecoderBlock2D(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, num_layers: int, groups: int, add_upsample: bool):
-        super().__init__()
-        self.resnets = nn.ModuleList(
-            [ResnetBlock2D(in_channels if i == 0 else out_channels, out_channels, groups) for i in range(num_layers)]
-        )
+        super().__init__(in_channels, out_channels, num_layers, groups)
         self.upsamplers = nn.ModuleList([Upsample2D(out_channels)]) if add_upsample else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for resnet in self.resnets:
-            x = resnet(x)
-        if self.upsamplers is not None:
-            x = self.upsamplers[0](x)
-        return x
 
 
 # encoder and decoder
