@@ -94,7 +94,7 @@ FASTDIT_EXPORT int fastdit_rms_norm(const void* x, int64_t x_row_stride, const v
   const char* op = "rms_norm";
   const char* width_error = validate_row_width(dim);
   FASTDIT_REQUIRE(op, width_error == nullptr, width_error ? width_error : "");
-  FASTDIT_REQUIRE(op, rows >= 0, "rows must be >= 0");
+  FASTDIT_REQUIRE(op, rows >= 0 && rows <= INT32_MAX, "rows must be >= 0 and below 2^31");
   FASTDIT_REQUIRE(op, x && out && fastdit::aligned16(x) && fastdit::aligned16(out),
                   "x and out must be non-null and 16-byte aligned");
   FASTDIT_REQUIRE(op, x_row_stride % fastdit::kVecElems == 0 && x_row_stride >= dim,

@@ -16,6 +16,7 @@
 
 #include "../elementwise/vector_io.cuh"
 #include "row_layout.cuh"
+#include "row_pipeline.cuh"
 
 namespace fastdit {
 
@@ -124,13 +125,112 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
   }
 }
 
+// The same op for per-sample shift/scale/gate ([B, D], seq_stride 0: FLUX and Wan 2.1), pipelined
+// (row_pipeline.cuh): x (and residual) of the next kStages - 1 rows are in flight in shared memory while
+// this row is reduced; shift/scale/gate sit in the thread's shared-memory slots, reloaded only when the
+// row's sample changes. Shared memory: [kStages][kArrays][threads] then [kMods][threads] 16-byte chunks.
+template <typename T, bool kHasResidual, int kStages>
+__global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
+    modulated_layer_norm_pipelined_kernel(ModulatedNormParams<T> p, RowLayout layout) {
+  constexpr int kArrays = kHasResidual ? 2 : 1;
+  extern __shared__ uint4 smem[];
+  __shared__ float scratch[kMaxBlockThreads / 32];
+  const int threads = int(blockDim.x);
+  const int t = threadIdx.x % layout.threads_per_row;
+  const int slot_row = threadIdx.x / layout.threads_per_row;
+  const bool chunk_ok = t < int(p.dim / kVecElems);  // one vector per thread (kMaxVecsPerThread == 1)
+  const int rows = int(p.batch * p.seq);             // < 2^31, checked by the export
+  const GroupRange range = block_groups((rows + layout.rows_per_block - 1) / layout.rows_per_block);
+  uint4* const mods = smem + kStages * kArrays * threads + threadIdx.x;  // shift, scale, gate slots
+
+  // Copies this thread's chunk of x (and residual) of group g into stage `stage`; always commits a
+  // group, so that cp.async.wait_group counts iterations.
+  auto issue = [&](int g, int stage) {
+    const int row = g < range.end ? g * layout.rows_per_block + slot_row : rows;
+    if (row < rows && chunk_ok) {
+      const int64_t offset = int64_t(row) * p.dim + t * kVecElems;
+      cp_async16(smem + (stage * kArrays) * threads + threadIdx.x, p.x + offset);
+      if constexpr (kHasResidual) cp_async16(smem + (stage * kArrays + 1) * threads + threadIdx.x, p.residual + offset);
+    }
+    cp_async_commit();
+  };
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) issue(range.begin + s, s);
+
+  uint32_t sample = 0xffffffffu;
+  int stage = 0;
+  for (int g = range.begin; g < range.end; ++g) {
+    issue(g + kStages - 1, stage == 0 ? kStages - 1 : stage - 1);
+    cp_async_wait<kStages - 1>();
+    const int row = g * layout.rows_per_block + slot_row;
+    const bool active = row < rows && chunk_ok;
+    const uint32_t b = active ? uint32_t(row) / uint32_t(p.seq) : 0u;
+    if (active && b != sample) {
+      sample = b;
+      mods[0] = load_raw(p.shift.at(b, 0) + t * kVecElems);
+      mods[threads] = load_raw(p.scale.at(b, 0) + t * kVecElems);
+      if constexpr (kHasResidual) mods[2 * threads] = load_raw(p.gate.at(b, 0) + t * kVecElems);
+    }
+    const int64_t offset = int64_t(row) * p.dim + t * kVecElems;
+    float v[kVecElems];
+    float sum = 0.f;
+    if (active) {
+      uint4 v_raw = smem[(stage * kArrays) * threads + threadIdx.x];
+      if constexpr (kHasResidual) {
+        float res[kVecElems], gate[kVecElems];
+        unpack8<T>(v_raw, v);
+        unpack8<T>(smem[(stage * kArrays + 1) * threads + threadIdx.x], res);
+        unpack8<T>(mods[2 * threads], gate);
+#pragma unroll
+        for (int e = 0; e < kVecElems; ++e) v[e] = res[e] + gate[e] * v[e];
+        v_raw = pack8<T>(v);  // r rounded to T: the norm reads the rounded r, as the reference
+        *reinterpret_cast<uint4*>(p.r_out + offset) = v_raw;
+      }
+      unpack8<T>(v_raw, v);
+#pragma unroll
+      for (int e = 0; e < kVecElems; ++e) sum += v[e];
+    }
+    const float mean = row_sum(sum, layout.threads_per_row, scratch) / float(p.dim);
+    float sum_sq = 0.f;
+    if (active) {
+#pragma unroll
+      for (int e = 0; e < kVecElems; ++e) sum_sq += (v[e] - mean) * (v[e] - mean);
+    }
+    const float rstd = rsqrtf(row_sum(sum_sq, layout.threads_per_row, scratch) / float(p.dim) + p.eps);
+    if (active) {
+      float sh[kVecElems], sc[kVecElems];
+      unpack8<T>(mods[0], sh);
+      unpack8<T>(mods[threads], sc);
+#pragma unroll
+      for (int e = 0; e < kVecElems; ++e) v[e] = (v[e] - mean) * rstd * (1.f + sc[e]) + sh[e];
+      store8(p.y_out + offset, v);
+    }
+    stage = stage + 1 == kStages ? 0 : stage + 1;
+  }
+  cp_async_wait<0>();
+}
+
 template <typename T, bool kHasResidual>
 void launch_modulated_layer_norm(const ModulatedNormParams<T>& p, cudaStream_t stream) {
   const RowLayout layout = make_row_layout(p.dim / kVecElems);
   const int64_t rows = p.batch * p.seq;
-  const int64_t blocks = (rows + layout.rows_per_block - 1) / layout.rows_per_block;
-  modulated_layer_norm_kernel<T, kHasResidual>
-      <<<dim3(unsigned(blocks)), layout.block_threads(), 0, stream>>>(p, layout);
+  const int64_t groups = (rows + layout.rows_per_block - 1) / layout.rows_per_block;
+  const bool per_sample = p.shift.seq_stride == 0 && p.scale.seq_stride == 0 &&
+                          (!kHasResidual || p.gate.seq_stride == 0);
+  if (per_sample) {
+    // Two stages (one row in flight beside the current one) with a residual: x and residual double the
+    // staging, and 3 stages would let shared memory, not threads, cap the blocks per SM at Wan-14B.
+    constexpr int kStages = kHasResidual ? 2 : 3;
+    constexpr int kArrays = kHasResidual ? 2 : 1;
+    constexpr int kMods = kHasResidual ? 3 : 2;
+    const int threads = layout.block_threads();
+    const size_t smem = size_t(kStages * kArrays + kMods) * threads * sizeof(uint4);
+    auto kernel = modulated_layer_norm_pipelined_kernel<T, kHasResidual, kStages>;
+    const int blocks = persistent_blocks(kernel, threads, smem, groups);
+    kernel<<<dim3(unsigned(blocks)), threads, smem, stream>>>(p, layout);
+    return;
+  }
+  modulated_layer_norm_kernel<T, kHasResidual><<<dim3(unsigned(groups)), layout.block_threads(), 0, stream>>>(p, layout);
 }
 
 template <typename T>

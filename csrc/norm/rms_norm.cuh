@@ -8,6 +8,7 @@
 
 #include "../elementwise/vector_io.cuh"
 #include "row_layout.cuh"
+#include "row_pipeline.cuh"
 
 namespace fastdit {
 
@@ -22,62 +23,76 @@ struct RmsNormParams {
   float eps;
 };
 
-template <typename T>
-__global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm) rms_norm_kernel(RmsNormParams<T> p, RowLayout layout) {
+// Pipelined (row_pipeline.cuh): each block walks a contiguous range of row groups with the
+// x chunks of the next kStages - 1 rows in flight (cp.async into shared memory) while it reduces the
+// current one; the weight chunk is read once per thread into its shared-memory slot. Shared memory:
+// [kStages][threads] x chunks, then [threads] weight chunks.
+template <typename T, int kStages>
+__global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
+    rms_norm_pipelined_kernel(RmsNormParams<T> p, RowLayout layout) {
+  extern __shared__ uint4 smem[];
   __shared__ float scratch[kMaxBlockThreads / 32];
+  const int threads = int(blockDim.x);
   const int t = threadIdx.x % layout.threads_per_row;
-  const int64_t row = int64_t(blockIdx.x) * layout.rows_per_block + threadIdx.x / layout.threads_per_row;
-  const bool row_ok = row < p.rows;
-  const int64_t chunks = p.dim / kVecElems;
-  const T* x = p.x + row * p.x_row_stride;
-
-  // Every load of the row (x and weight) is issued before the reduction; values stay packed.
-  uint4 x_raw[kMaxVecsPerThread], w_raw[kMaxVecsPerThread];
-  float sum_sq = 0.f;
+  const int slot_row = threadIdx.x / layout.threads_per_row;
+  const bool chunk_ok = t < int(p.dim / kVecElems);  // one vector per thread (kMaxVecsPerThread == 1)
+  const int rows = int(p.rows);                      // < 2^31, checked by the export
+  const GroupRange range = block_groups((rows + layout.rows_per_block - 1) / layout.rows_per_block);
+  uint4* const weight = smem + kStages * threads + threadIdx.x;
+  if (chunk_ok) {
+    // No weight: a slot of ones, so the row loop has no branch (and no pointer held) for it.
+    float ones[kVecElems];
 #pragma unroll
-  for (int i = 0; i < kMaxVecsPerThread; ++i) {
-    const int64_t c = t + int64_t(i) * layout.threads_per_row;
-    if (row_ok && i < layout.vecs_per_thread && c < chunks) {
-      x_raw[i] = load_raw(x + c * kVecElems);
-      if (p.weight != nullptr) w_raw[i] = load_raw(p.weight + c * kVecElems);
-    }
+    for (int e = 0; e < kVecElems; ++e) ones[e] = 1.f;
+    *weight = p.weight != nullptr ? load_raw(p.weight + t * kVecElems) : pack8<T>(ones);
   }
+
+  auto issue = [&](int g, int stage) {
+    const int row = g < range.end ? g * layout.rows_per_block + slot_row : rows;
+    if (row < rows && chunk_ok) {
+      cp_async16(smem + stage * threads + threadIdx.x, p.x + int64_t(row) * p.x_row_stride + t * kVecElems);
+    }
+    cp_async_commit();  // always, so that cp.async.wait_group counts iterations
+  };
 #pragma unroll
-  for (int i = 0; i < kMaxVecsPerThread; ++i) {
-    const int64_t c = t + int64_t(i) * layout.threads_per_row;
-    if (row_ok && i < layout.vecs_per_thread && c < chunks) {
-      float v[kVecElems];
-      unpack8<T>(x_raw[i], v);
+  for (int s = 0; s < kStages - 1; ++s) issue(range.begin + s, s);
+
+  int stage = 0;
+  for (int g = range.begin; g < range.end; ++g) {
+    issue(g + kStages - 1, stage == 0 ? kStages - 1 : stage - 1);
+    cp_async_wait<kStages - 1>();
+    const int row = g * layout.rows_per_block + slot_row;
+    const bool active = row < rows && chunk_ok;
+    float v[kVecElems];
+    float sum_sq = 0.f;
+    if (active) {
+      unpack8<T>(smem[stage * threads + threadIdx.x], v);
 #pragma unroll
       for (int e = 0; e < kVecElems; ++e) sum_sq += v[e] * v[e];
     }
-  }
-  sum_sq = row_sum(sum_sq, layout.threads_per_row, scratch);
-  const float inv_rms = rsqrtf(sum_sq / float(p.dim) + p.eps);
-
+    const float inv_rms = rsqrtf(row_sum(sum_sq, layout.threads_per_row, scratch) / float(p.dim) + p.eps);
+    if (active) {
+      float w[kVecElems];
+      unpack8<T>(*weight, w);
 #pragma unroll
-  for (int i = 0; i < kMaxVecsPerThread; ++i) {
-    const int64_t c = t + int64_t(i) * layout.threads_per_row;
-    if (!(row_ok && i < layout.vecs_per_thread && c < chunks)) continue;
-    float v[kVecElems], w[kVecElems];
-    unpack8<T>(x_raw[i], v);
-    if (p.weight != nullptr) {
-      unpack8<T>(w_raw[i], w);
-    } else {
-#pragma unroll
-      for (int e = 0; e < kVecElems; ++e) w[e] = 1.f;
+      for (int e = 0; e < kVecElems; ++e) v[e] = v[e] * inv_rms * w[e];
+      store8(p.out + int64_t(row) * p.dim + t * kVecElems, v);
     }
-#pragma unroll
-    for (int e = 0; e < kVecElems; ++e) v[e] = v[e] * inv_rms * w[e];
-    store8(p.out + row * p.dim + c * kVecElems, v);
+    stage = stage + 1 == kStages ? 0 : stage + 1;
   }
+  cp_async_wait<0>();
 }
 
 template <typename T>
 void launch_rms_norm(const RmsNormParams<T>& p, cudaStream_t stream) {
+  constexpr int kStages = 3;
   const RowLayout layout = make_row_layout(p.dim / kVecElems);
-  const int64_t blocks = (p.rows + layout.rows_per_block - 1) / layout.rows_per_block;
-  rms_norm_kernel<T><<<dim3(unsigned(blocks)), layout.block_threads(), 0, stream>>>(p, layout);
+  const int64_t groups = (p.rows + layout.rows_per_block - 1) / layout.rows_per_block;
+  const int threads = layout.block_threads();
+  const size_t smem = size_t(kStages + 1) * threads * sizeof(uint4);
+  auto kernel = rms_norm_pipelined_kernel<T, kStages>;
+  const int blocks = persistent_blocks(kernel, threads, smem, groups);
+  kernel<<<dim3(unsigned(blocks)), threads, smem, stream>>>(p, layout);
 }
 
 }  // namespace fastdit

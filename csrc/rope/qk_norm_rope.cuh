@@ -17,6 +17,7 @@
 
 #include "../elementwise/vector_io.cuh"
 #include "../norm/row_layout.cuh"
+#include "../norm/row_pipeline.cuh"
 
 namespace fastdit {
 
@@ -72,94 +73,120 @@ __device__ __forceinline__ void rotate8(float (&v)[kVecElems], int pos, const fl
   }
 }
 
-template <typename T>
+// One token row (q or k: blockIdx.y) per iteration of a persistent, pipelined loop (row_pipeline.cuh):
+// every thread copies its chunk of the next kStages - 1 rows into shared memory with cp.async, and the
+// first head_dim/8 threads of each row also copy that token's cos and sin rows (shared by all its heads),
+// while the current row is normalized and rotated. Because a cos/sin row is read by threads other than
+// the one that copied it, each iteration waits for its stage, then one block barrier (which also says
+// every thread is done with the stage the next copies overwrite), then issues the next copies.
+// The norm weight chunk (it depends on the thread's chunk only) sits in the thread's own slot.
+// Shared memory: [kStages][threads] x chunks, [kStages][rows_per_block][head_dim] floats (cos then
+// sin halves), then [threads] weight chunks.
+// Style and norm are template arguments: the 32-register budget has no room for their runtime branches.
+template <typename T, int kStages, RopeStyle kStyle, QkNorm kNorm>
 __global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm) qk_norm_rope_kernel(QkNormRopeParams<T> p, RowLayout layout) {
+  extern __shared__ uint4 smem[];
   __shared__ float scratch[kMaxBlockThreads / 32];
   const bool is_k = blockIdx.y == 1;
-  T* base = is_k ? p.k : p.q;
-  const T* weight = is_k ? p.k_weight : p.q_weight;
+  T* const base = is_k ? p.k : p.q;
   const int64_t token_stride = is_k ? p.k_token_stride : p.q_token_stride;
-
+  const int threads = int(blockDim.x);
   const int t = threadIdx.x % layout.threads_per_row;
-  const int64_t token = int64_t(blockIdx.x) * layout.rows_per_block + threadIdx.x / layout.threads_per_row;
-  const bool row_ok = token < p.tokens;
-  // Tokens number below 2^31 (the export checks): a 32-bit remainder, where a 64-bit one is a call.
-  const int64_t s = row_ok ? uint32_t(token) % uint32_t(p.seq) : 0;
+  const int slot_row = threadIdx.x / layout.threads_per_row;
   const int chunks_per_head = p.head_dim / kVecElems;
-  const int64_t chunks = int64_t(p.heads) * chunks_per_head;
-  T* row = base + token * token_stride;
-
-  // The token's chunks stay packed in registers. The norm weights, cos and sin (L2-resident) are loaded
-  // after the reduction: registers are capped at 32 (row_layout.cuh) and the row is what must be in
-  // flight early.
-  const bool has_weight = p.norm != QkNorm::kNone && weight != nullptr;
-  uint4 v_raw[kMaxVecsPerThread];
+  const int chunks = p.heads * chunks_per_head;
+  const bool chunk_ok = t < chunks;  // one vector per thread (kMaxVecsPerThread == 1)
+  const int pos = t % chunks_per_head;
+  const int tokens = int(p.tokens);  // < 2^31, checked by the export
+  const GroupRange range = block_groups((tokens + layout.rows_per_block - 1) / layout.rows_per_block);
+  // cos/sin staging: head_dim floats per row slot (cos: the first head_dim/2, sin: the rest).
+  float* const trig = reinterpret_cast<float*>(smem + kStages * threads);
+  const int trig_stage = layout.rows_per_block * p.head_dim;  // floats per stage
+  uint4* const weight_slot = smem + kStages * threads + (kStages * trig_stage) / 4 + threadIdx.x;
+  if (chunk_ok) {
+    // No weight (or no norm): a slot of ones, so the row loop has no branch for it.
+    const T* weight = kNorm == QkNorm::kNone ? nullptr : (is_k ? p.k_weight : p.q_weight);
+    float ones[kVecElems];
 #pragma unroll
-  for (int i = 0; i < kMaxVecsPerThread; ++i) {
-    const int64_t c = t + int64_t(i) * layout.threads_per_row;
-    v_raw[i] = make_uint4(0, 0, 0, 0);  // zeros: an absent chunk adds nothing to the sums
-    if (row_ok && i < layout.vecs_per_thread && c < chunks) v_raw[i] = load_raw(row + c * kVecElems);
-  }
-  float sq[kMaxVecsPerThread];
-#pragma unroll
-  for (int i = 0; i < kMaxVecsPerThread; ++i) {
-    float v[kVecElems];
-    unpack8<T>(v_raw[i], v);
-    sq[i] = 0.f;
-#pragma unroll
-    for (int e = 0; e < kVecElems; ++e) sq[i] += v[e] * v[e];
+    for (int e = 0; e < kVecElems; ++e) ones[e] = 1.f;
+    *weight_slot = weight != nullptr ? load_raw(weight + (kNorm == QkNorm::kPerHead ? pos : t) * kVecElems)
+                                     : pack8<T>(ones);
   }
 
-  // The normalization factor of each held chunk. Shuffles run on every lane (uniform branches).
-  float inv[kMaxVecsPerThread];
-  if (p.norm == QkNorm::kPerHead) {
-    // A head's chunks sit in an aligned group of chunks_per_head lanes (threads_per_row is a multiple).
-#pragma unroll
-    for (int i = 0; i < kMaxVecsPerThread; ++i) {
-      if (i < layout.vecs_per_thread) inv[i] = rsqrtf(group_sum(sq[i], chunks_per_head) / float(p.head_dim) + p.eps);
+  auto issue = [&](int g, int stage) {
+    const int token = g < range.end ? g * layout.rows_per_block + slot_row : tokens;
+    if (token < tokens) {
+      if (chunk_ok) cp_async16(smem + stage * threads + threadIdx.x, base + int64_t(token) * token_stride + t * kVecElems);
+      if (t < chunks_per_head) {  // head_dim / 2 floats of cos and of sin = chunks_per_head chunks each
+        const int64_t s = uint32_t(token) % uint32_t(p.seq);
+        float* dst = trig + stage * trig_stage + slot_row * p.head_dim;
+        cp_async16(dst + t * 4, p.cos + s * (p.head_dim / 2) + t * 4);
+        cp_async16(dst + p.head_dim / 2 + t * 4, p.sin + s * (p.head_dim / 2) + t * 4);
+      }
     }
-  } else if (p.norm == QkNorm::kAcrossHeads) {
-    float total = 0.f;
+    cp_async_commit();  // always, so that cp.async.wait_group counts iterations
+  };
 #pragma unroll
-    for (int i = 0; i < kMaxVecsPerThread; ++i) total += sq[i];
-    total = row_sum(total, layout.threads_per_row, scratch);
-    const float r = rsqrtf(total / float(chunks * kVecElems) + p.eps);
-#pragma unroll
-    for (int i = 0; i < kMaxVecsPerThread; ++i) inv[i] = r;
-  } else {
-#pragma unroll
-    for (int i = 0; i < kMaxVecsPerThread; ++i) inv[i] = 1.f;
-  }
+  for (int s = 0; s < kStages - 1; ++s) issue(range.begin + s, s);
 
-  const float* cos_row = p.cos + s * (p.head_dim / 2);
-  const float* sin_row = p.sin + s * (p.head_dim / 2);
-#pragma unroll
-  for (int i = 0; i < kMaxVecsPerThread; ++i) {
-    if (i >= layout.vecs_per_thread) continue;  // uniform across the block
-    const int64_t c = t + int64_t(i) * layout.threads_per_row;
-    const bool active = row_ok && c < chunks;
-    const int pos = int(c) % chunks_per_head;  // c < 1024: 32-bit
+  int stage = 0;
+  for (int g = range.begin; g < range.end; ++g) {
+    cp_async_wait<kStages - 2>();
+    __syncthreads();
+    issue(g + kStages - 1, stage == 0 ? kStages - 1 : stage - 1);
+    const int token = g * layout.rows_per_block + slot_row;
+    const bool active = token < tokens && chunk_ok;
     float v[kVecElems];
-    unpack8<T>(v_raw[i], v);
+    unpack8<T>(active ? smem[stage * threads + threadIdx.x] : make_uint4(0, 0, 0, 0), v);
+    float sq = 0.f;
 #pragma unroll
-    for (int e = 0; e < kVecElems; ++e) v[e] *= inv[i];
-    if (active && has_weight) {
-      const int64_t w_offset = p.norm == QkNorm::kPerHead ? int64_t(pos) * kVecElems : c * kVecElems;
+    for (int e = 0; e < kVecElems; ++e) sq += v[e] * v[e];
+    // The normalization factor. Shuffles and barriers run on every thread (uniform branches).
+    float inv = 1.f;
+    if constexpr (kNorm == QkNorm::kPerHead) {
+      // A head's chunks sit in an aligned group of chunks_per_head lanes (threads_per_row is a multiple).
+      inv = rsqrtf(group_sum(sq, chunks_per_head) / float(p.head_dim) + p.eps);
+    } else if constexpr (kNorm == QkNorm::kAcrossHeads) {
+      inv = rsqrtf(row_sum(sq, layout.threads_per_row, scratch) / float(chunks * kVecElems) + p.eps);
+    }
+    if (active) {
       float w[kVecElems];
-      unpack8<T>(load_raw(weight + w_offset), w);
+      unpack8<T>(*weight_slot, w);
 #pragma unroll
-      for (int e = 0; e < kVecElems; ++e) v[e] *= w[e];
+      for (int e = 0; e < kVecElems; ++e) v[e] *= inv * w[e];
     }
-    if (active || p.style == RopeStyle::kHalf) rotate8<T>(v, pos, cos_row, sin_row, p.head_dim, p.style);
-    if (active) store8(row + c * kVecElems, v);
+    const float* cos_row = trig + stage * trig_stage + slot_row * p.head_dim;
+    // half: every lane takes part in the partner shuffle; an inactive lane reads staged cos/sin of a
+    // previous row (or uninitialized floats) and its result is never stored.
+    if (active || kStyle == RopeStyle::kHalf) rotate8<T>(v, pos, cos_row, cos_row + p.head_dim / 2, p.head_dim, kStyle);
+    if (active) store8(base + int64_t(token) * token_stride + t * kVecElems, v);
+    stage = stage + 1 == kStages ? 0 : stage + 1;
   }
+  cp_async_wait<0>();
 }
 
 template <typename T>
 void launch_qk_norm_rope(const QkNormRopeParams<T>& p, cudaStream_t stream) {
+  constexpr int kStages = 3;
   const RowLayout layout = make_row_layout(int64_t(p.heads) * p.head_dim / kVecElems);
-  const int64_t blocks = (p.tokens + layout.rows_per_block - 1) / layout.rows_per_block;
-  qk_norm_rope_kernel<T><<<dim3(unsigned(blocks), 2), layout.block_threads(), 0, stream>>>(p, layout);
+  const int64_t groups = (p.tokens + layout.rows_per_block - 1) / layout.rows_per_block;
+  const int threads = layout.block_threads();
+  const size_t smem = size_t(kStages + 1) * threads * sizeof(uint4) +
+                      size_t(kStages) * layout.rows_per_block * p.head_dim * sizeof(float);
+  auto launch = [&](auto kernel) {
+    // q and k (blockIdx.y) share the GPU: half of the resident blocks each.
+    const int resident = persistent_blocks(kernel, threads, smem, 2 * groups);
+    const int blocks = resident / 2 > 0 ? resident / 2 : 1;
+    kernel<<<dim3(unsigned(blocks), 2), threads, smem, stream>>>(p, layout);
+  };
+  constexpr RopeStyle kI = RopeStyle::kInterleaved, kH = RopeStyle::kHalf;
+  constexpr QkNorm kP = QkNorm::kPerHead, kA = QkNorm::kAcrossHeads, kN = QkNorm::kNone;
+  const bool half = p.style == kH;
+  switch (p.norm) {
+    case kP: half ? launch(qk_norm_rope_kernel<T, kStages, kH, kP>) : launch(qk_norm_rope_kernel<T, kStages, kI, kP>); break;
+    case kA: half ? launch(qk_norm_rope_kernel<T, kStages, kH, kA>) : launch(qk_norm_rope_kernel<T, kStages, kI, kA>); break;
+    default: half ? launch(qk_norm_rope_kernel<T, kStages, kH, kN>) : launch(qk_norm_rope_kernel<T, kStages, kI, kN>); break;
+  }
 }
 
 }  // namespace fastdit

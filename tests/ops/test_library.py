@@ -56,6 +56,10 @@ def test_rms_norm_export_rejects_bad_width(kernel_library):
     status = fn(16, 8, None, 16, 4, 7, 1e-6, lib.DTYPE_CODES[torch.bfloat16], 0, None)
     assert status == 1
     assert kernel_library.fastdit_last_error() == b"rms_norm: dim must be a positive multiple of 8"
+    # The pipelined kernel indexes rows with 32-bit ints: 2^31 rows are refused before any CUDA call.
+    status = fn(16, 8, None, 16, 2**31, 8, 1e-6, lib.DTYPE_CODES[torch.bfloat16], 0, None)
+    assert status == 1
+    assert kernel_library.fastdit_last_error() == b"rms_norm: rows must be >= 0 and below 2^31"
 
 
 def test_modulated_norm_struct_reaches_the_export(kernel_library):

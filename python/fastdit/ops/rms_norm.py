@@ -13,6 +13,7 @@ import torch
 from fastdit.ops import _library as lib
 
 MAX_WIDTH = 8192
+MAX_ROWS = 2**31  # the kernel indexes rows with 32-bit arithmetic (csrc/api/norm.cu checks)
 
 # fastdit_rms_norm(x, x_row_stride, weight, out, rows, dim, eps, dtype, device, stream) in csrc/api/norm.cu
 _RMS_NORM_ARGTYPES = (
@@ -87,6 +88,8 @@ def _check(x: torch.Tensor, weight: torch.Tensor | None) -> None:
 
 def _cuda_reason(x: torch.Tensor, weight: torch.Tensor | None) -> str | None:
     reason = lib.cuda_common_reason(x, MAX_WIDTH)
+    if reason is None and x.numel() // max(x.shape[-1], 1) >= MAX_ROWS:
+        reason = f"{x.numel() // x.shape[-1]} rows exceeds the kernel's 2^31 - 1"
     if reason is None and weight is not None and (weight.dtype != x.dtype or not weight.is_contiguous()):
         reason = f"weight ({weight.dtype}) must be contiguous and of x's dtype {x.dtype}"
     return reason
