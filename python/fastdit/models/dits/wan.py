@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from fastdit import ops
 from fastdit.configs.base import DiffusersConfig
 from fastdit.layers.attention import attention
+from fastdit.layers.linear import linear_gelu_tanh
 
 AttnOp = Callable[..., torch.Tensor]
 
@@ -191,10 +192,11 @@ class GELUProj(nn.Module):
         self.approximate = approximate
 
     def forward(self, x: torch.Tensor, backend: str = "auto") -> torch.Tensor:
-        x = self.proj(x)
         if self.approximate == "tanh":
-            return ops.gelu_tanh(x, backend=backend)
-        return F.gelu(x)
+            # On CUDA one GEMM with cuBLASLt's bias+GELU(tanh) epilogue: the [B, S, ffn_dim] pre-activation is
+            # never written and re-read (a full GELU pass per block); elsewhere Linear + ops.gelu_tanh.
+            return linear_gelu_tanh(x, self.proj.weight, self.proj.bias, backend=backend)
+        return F.gelu(self.proj(x))
 
 
 class FeedForward(nn.Module):
