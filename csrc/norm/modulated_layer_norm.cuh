@@ -140,7 +140,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
   const int slot_row = threadIdx.x / layout.threads_per_row;
   const bool chunk_ok = t < int(p.dim / kVecElems);  // one vector per thread (kMaxVecsPerThread == 1)
   const int rows = int(p.batch * p.seq);             // < 2^31, checked by the export
-  const GroupRange range = block_groups((rows + layout.rows_per_block - 1) / layout.rows_per_block);
+  const GroupStride range = block_groups((rows + layout.rows_per_block - 1) / layout.rows_per_block);
   uint4* const mods = smem + kStages * kArrays * threads + threadIdx.x;  // shift, scale, gate slots
 
   // Copies this thread's chunk of x (and residual) of group g into stage `stage`; always commits a
@@ -155,12 +155,12 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
     cp_async_commit();
   };
 #pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) issue(range.begin + s, s);
+  for (int s = 0; s < kStages - 1; ++s) issue(range.begin + s * range.step, s);
 
   uint32_t sample = 0xffffffffu;
   int stage = 0;
-  for (int g = range.begin; g < range.end; ++g) {
-    issue(g + kStages - 1, stage == 0 ? kStages - 1 : stage - 1);
+  for (int g = range.begin; g < range.end; g += range.step) {
+    issue(g + (kStages - 1) * range.step, stage == 0 ? kStages - 1 : stage - 1);
     cp_async_wait<kStages - 1>();
     const int row = g * layout.rows_per_block + slot_row;
     const bool active = row < rows && chunk_ok;

@@ -23,7 +23,7 @@ struct RmsNormParams {
   float eps;
 };
 
-// Pipelined (row_pipeline.cuh): each block walks a contiguous range of row groups with the
+// Pipelined (row_pipeline.cuh): each block walks its row groups grid-stride with the
 // x chunks of the next kStages - 1 rows in flight (cp.async into shared memory) while it reduces the
 // current one; the weight chunk is read once per thread into its shared-memory slot. Shared memory:
 // [kStages][threads] x chunks, then [threads] weight chunks.
@@ -37,7 +37,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
   const int slot_row = threadIdx.x / layout.threads_per_row;
   const bool chunk_ok = t < int(p.dim / kVecElems);  // one vector per thread (kMaxVecsPerThread == 1)
   const int rows = int(p.rows);                      // < 2^31, checked by the export
-  const GroupRange range = block_groups((rows + layout.rows_per_block - 1) / layout.rows_per_block);
+  const GroupStride range = block_groups((rows + layout.rows_per_block - 1) / layout.rows_per_block);
   uint4* const weight = smem + kStages * threads + threadIdx.x;
   if (chunk_ok) {
     // No weight: a slot of ones, so the row loop has no branch (and no pointer held) for it.
@@ -55,11 +55,11 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
     cp_async_commit();  // always, so that cp.async.wait_group counts iterations
   };
 #pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) issue(range.begin + s, s);
+  for (int s = 0; s < kStages - 1; ++s) issue(range.begin + s * range.step, s);
 
   int stage = 0;
-  for (int g = range.begin; g < range.end; ++g) {
-    issue(g + kStages - 1, stage == 0 ? kStages - 1 : stage - 1);
+  for (int g = range.begin; g < range.end; g += range.step) {
+    issue(g + (kStages - 1) * range.step, stage == 0 ? kStages - 1 : stage - 1);
     cp_async_wait<kStages - 1>();
     const int row = g * layout.rows_per_block + slot_row;
     const bool active = row < rows && chunk_ok;

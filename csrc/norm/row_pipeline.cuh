@@ -4,7 +4,7 @@
 // reductions and the store, with nothing in flight; a copy keeps the memory system busy all the time.
 // On the H100 (2026-11-24, commit 38f5161) that left the one-row-per-block kernels at 57-73% of the copy
 // bandwidth on FLUX rows (3072 wide: 6 KB per row, about 30 KB of loads in flight per SM at best).
-// Here a grid of (SMs x resident blocks) each walks a contiguous range of rows. Every thread copies its
+// Here a grid of (SMs x resident blocks) walks the rows grid-stride. Every thread copies its
 // own 16-byte chunk of the next kStages - 1 rows into shared memory with cp.async (no registers held)
 // while it reduces the current row, so each SM has loads in flight during the reductions too.
 // Per-sample vectors (rms_norm's weight, shift/scale/gate of shape [B, D]) are read from global memory
@@ -36,18 +36,18 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
-// The groups (of rows_per_block rows) of this block: a contiguous range, as even as possible.
-struct GroupRange {
+// The groups (of rows_per_block rows) of this block: begin, begin + step, ... below end (a grid-stride
+// loop). Not a contiguous range per block: the H100 run of 1eb53e5 (contiguous ranges) was up to 10%
+// slower than one block per row at Wan-1.3B rows, the resident blocks then reading hundreds of far-apart
+// streams at once, where a grid-stride walk sweeps memory in order as a copy does.
+struct GroupStride {
   int begin;
+  int step;
   int end;
 };
 
-__device__ __forceinline__ GroupRange block_groups(int groups) {
-  const int per = groups / int(gridDim.x);
-  const int extra = groups % int(gridDim.x);
-  const int b = int(blockIdx.x);
-  const int begin = b * per + (b < extra ? b : extra);
-  return {begin, begin + per + (b < extra ? 1 : 0)};
+__device__ __forceinline__ GroupStride block_groups(int groups) {
+  return {int(blockIdx.x), int(gridDim.x), groups};
 }
 
 // Blocks for a persistent launch: as many as the GPU holds at once (SMs x resident blocks of `kernel`

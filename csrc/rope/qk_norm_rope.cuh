@@ -98,7 +98,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm) qk_norm_rop
   const bool chunk_ok = t < chunks;  // one vector per thread (kMaxVecsPerThread == 1)
   const int pos = t % chunks_per_head;
   const int tokens = int(p.tokens);  // < 2^31, checked by the export
-  const GroupRange range = block_groups((tokens + layout.rows_per_block - 1) / layout.rows_per_block);
+  const GroupStride range = block_groups((tokens + layout.rows_per_block - 1) / layout.rows_per_block);
   // cos/sin staging: head_dim floats per row slot (cos: the first head_dim/2, sin: the rest).
   float* const trig = reinterpret_cast<float*>(smem + kStages * threads);
   const int trig_stage = layout.rows_per_block * p.head_dim;  // floats per stage
@@ -127,13 +127,13 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm) qk_norm_rop
     cp_async_commit();  // always, so that cp.async.wait_group counts iterations
   };
 #pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) issue(range.begin + s, s);
+  for (int s = 0; s < kStages - 1; ++s) issue(range.begin + s * range.step, s);
 
   int stage = 0;
-  for (int g = range.begin; g < range.end; ++g) {
+  for (int g = range.begin; g < range.end; g += range.step) {
     cp_async_wait<kStages - 2>();
     __syncthreads();
-    issue(g + kStages - 1, stage == 0 ? kStages - 1 : stage - 1);
+    issue(g + (kStages - 1) * range.step, stage == 0 ? kStages - 1 : stage - 1);
     const int token = g * layout.rows_per_block + slot_row;
     const bool active = token < tokens && chunk_ok;
     float v[kVecElems];
