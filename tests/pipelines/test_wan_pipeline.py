@@ -130,6 +130,40 @@ def test_t2v_frames_and_mp4(t2v, tmp_path):
     assert video.shape == (FRAMES, HEIGHT, WIDTH, 3) and fps == 7
 
 
+def test_video_to_uint8_equals_the_host_postprocess():
+    """The on-device uint8 conversion gives the same bytes as diffusers' numpy postprocess, edges included."""
+    from fastdit.pipelines.wan import video_to_uint8
+
+    video = torch.randn(2, 3, 5, 7, 9, generator=torch.Generator().manual_seed(1)) * 1.5  # some outside [-1, 1]
+    video[0, 0, 0, 0, :4] = torch.tensor([-1.0, 1.0, 1 / 255 - 1, 3 / 255 - 1])  # ends and .5 ties after * 255
+    for v in (video, video.bfloat16()):
+        expected = ((v / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 4, 1).float().numpy() * 255).round().astype(np.uint8)
+        got = video_to_uint8(v)
+        assert got.dtype == np.uint8 and got.shape == (2, 5, 7, 9, 3)
+        assert np.array_equal(got, expected)
+
+
+def test_vae_channels_last_on_gpu_only_and_the_pipeline_takes_it(t2v, monkeypatch):
+    """The recipe's load turns the VAE channels-last where vae_channels_last(device) says so (CUDA devices);
+    forced on the CPU, a whole run takes that path and gives the frames of the NCDHW path."""
+    import fastdit.pipelines.wan as wan
+
+    assert wan.vae_channels_last(torch.device("cuda")) and wan.vae_channels_last("cuda:1")
+    assert not wan.vae_channels_last(torch.device("cpu"))
+    ref, ours = t2v
+    assert not ours.vae.channels_last
+    monkeypatch.setattr(wan, "vae_channels_last", lambda device: True)
+    forced = _ours(ours.model_id, "WanPipeline")
+    assert forced.vae.channels_last
+    conv = forced.vae.decoder.conv_in.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last_3d) and not conv.is_contiguous()
+    latents = _latents()
+    got = forced.run(_request(latents=latents.clone()), show_progress=False).frames[0]
+    expected = ours.run(_request(latents=latents.clone()), show_progress=False).frames[0]
+    diff = max(np.abs(np.asarray(a, dtype=np.int32) - np.asarray(b, dtype=np.int32)).max() for a, b in zip(got, expected))
+    assert len(got) == FRAMES and diff <= 1
+
+
 def test_t2v_with_flow_match_euler_from_the_checkpoint(t2v, tmp_path):
     """Wan checkpoints may ship FlowMatchEulerDiscreteScheduler instead of UniPC: the folder's config picks it."""
     import copy
