@@ -60,6 +60,10 @@ inline int persistent_blocks(Kernel kernel, int threads, size_t smem_bytes, int6
   if (smem_bytes > 48 * 1024) {
     cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_bytes));
   }
+  // The grid is sized for every block to be resident at once, which needs the shared-memory carveout that
+  // the occupancy API assumes (all of it: these kernels use no L1 besides the staging). Left to the
+  // driver, a carveout sized for fewer blocks would run the "persistent" grid in several waves.
+  cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, int(cudaSharedmemCarveoutMaxShared));
   cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem_bytes);
   const int64_t most = int64_t(sms > 0 ? sms : 1) * (per_sm > 0 ? per_sm : 1);
   return int(groups < most ? groups : most);
