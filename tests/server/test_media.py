@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import io
+import os
+import struct
+import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from fastdit.server.media import encode_image, encode_mp4, encode_png
+from fastdit.server import media
+from fastdit.server.media import adler32_combine, encode_image, encode_mp4, encode_png
 
 av = pytest.importorskip("av")  # absent on the GPU machine (which collects every test file); CI has them
 
@@ -34,6 +38,40 @@ def test_png_is_lossless_for_every_mode_and_odd_sizes(mode, shape):
     decoded = Image.open(io.BytesIO(encode_png(image)))
     decoded.load()  # reads every chunk: a bad CRC or a truncated IDAT raises here
     assert (decoded.format, decoded.mode, decoded.size) == ("PNG", mode, (shape[1], shape[0]))
+    assert np.array_equal(np.asarray(decoded), pixels)
+
+
+def test_adler32_combine_equals_adler32_of_the_concatenation():
+    rng = np.random.default_rng(3)
+    for length1, length2 in [(0, 0), (0, 9), (9, 0), (1, 1), (65521, 3), (70000, 65522), *rng.integers(0, 200000, (6, 2))]:
+        first, second = os.urandom(int(length1)), os.urandom(int(length2))
+        assert adler32_combine(zlib.adler32(first), zlib.adler32(second), len(second)) == zlib.adler32(first + second)
+
+
+def idat_of(png: bytes) -> bytes:
+    """The IDAT chunk's data (this writer emits one) after checking its CRC."""
+    at = png.index(b"IDAT") - 4
+    (length,) = struct.unpack(">I", png[at:at + 4])
+    data = png[at + 8:at + 8 + length]
+    assert struct.unpack(">I", png[at + 8 + length:at + 12 + length])[0] == zlib.crc32(b"IDAT" + data)
+    return data
+
+
+@pytest.mark.parametrize("mode, shape, threads", [("RGB", (37, 29, 3), 4), ("RGBA", (3, 11, 4), 8), ("L", (101, 7), 3),
+                                                  ("RGB", (1, 13, 3), 8)])
+def test_png_deflated_in_pieces_on_threads_is_one_valid_zlib_stream(monkeypatch, mode, shape, threads):
+    monkeypatch.setattr(media, "PNG_THREADS", threads)
+    monkeypatch.setattr(media, "PNG_PIECE_BYTES", 16)  # tiny pieces: min(threads, rows) of them
+    pixels = np.random.default_rng(sum(shape) + threads).integers(0, 256, shape, dtype=np.uint8)
+    png = encode_png(Image.fromarray(pixels, mode))
+    rows = pixels.reshape(shape[0], -1)
+    up = np.concatenate([rows[:1], rows[1:] - rows[:-1]])  # uint8: mod 256
+    expected = np.concatenate([np.full((shape[0], 1), 2, np.uint8), up], axis=1).tobytes()
+    assert zlib.decompress(idat_of(png)) == expected  # zlib checks the combined adler32 here
+    pieces = min(threads, shape[0])
+    assert idat_of(png).count(b"\x00\x00\xff\xff") >= pieces - 1  # each piece but the last ends with a sync flush
+    decoded = Image.open(io.BytesIO(png))
+    decoded.load()
     assert np.array_equal(np.asarray(decoded), pixels)
 
 

@@ -44,6 +44,21 @@ class ClientGone(Exception):
     """The client disconnected before its job finished."""
 
 
+def b64_images_body(created: int, items: list[bytes], spec: Any, size: str | None) -> bytes:
+    """The JSON bytes of images_response(...) with {"b64_json": base64(item)} items, written directly.
+
+    Base64's alphabet needs no JSON escaping, so the encoded bytes go into the body as they are: json.dumps of a
+    ~4 MB string (one 1024x1024 PNG) scans every character again, 5-16 ms per answer, and the str round trip
+    (decode to str, encode back to bytes) copies it twice more.
+    """
+    head = json.dumps({"created": created}, separators=(",", ":"))[:-1].encode()
+    tail = json.dumps({"output_format": spec.output_format, "size": size}, separators=(",", ":"))[1:].encode()
+    parts = [head, b',"data":[']
+    for i, item in enumerate(items):
+        parts += [b',{"b64_json":"' if i else b'{"b64_json":"', base64.b64encode(item), b'"}']
+    return b"".join([*parts, b"],", tail])
+
+
 async def wait_for_job(request: Request, engine: Engine, job: Job) -> dict[str, Any]:
     """The job's outcome, or ClientGone when the client leaves first (a queued job then leaves the queue)."""
 
@@ -150,11 +165,10 @@ def _image_routes(app: FastAPI, server: Server) -> None:
             outcome = await wait_for_job(request, server.engine, job)
         except ClientGone:
             return Response(status_code=CLIENT_CLOSED)
-        if response_format == "url":
-            base = str(request.base_url).rstrip("/")
-            items = [{"url": f"{base}/v1/images/{server.store.put(data, outcome['media_type'])}/content"} for data in outcome["items"]]
-        else:
-            items = [{"b64_json": base64.b64encode(data).decode("ascii")} for data in outcome["items"]]
+        if response_format == "b64_json":
+            return Response(b64_images_body(int(time.time()), outcome["items"], spec, outcome["size"]), media_type="application/json")
+        base = str(request.base_url).rstrip("/")
+        items = [{"url": f"{base}/v1/images/{server.store.put(data, outcome['media_type'])}/content"} for data in outcome["items"]]
         return images_response(int(time.time()), items, spec, outcome["size"])
 
     @app.get("/v1/images/{image_id}/content")
