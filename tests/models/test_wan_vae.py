@@ -78,6 +78,33 @@ def test_tiled_decode_and_encode_match_diffusers(pair):
     assert _rel(got_dec, untiled) > 1e-3  # tiling really ran (seams blended, not a whole-frame pass)
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["ncdhw", "ndhwc"])
+def test_causal_conv_silu_into_the_padded_buffer(channels_last):
+    """conv(silu(x)) with the activation written into the time-padded buffer == conv(cat(prev | zeros, silu(x)))
+    chunk by chunk, in either layout; the cached tail is the last 2 activated frames; odd sizes."""
+    import torch.nn.functional as F
+
+    from fastdit.models.vaes.autoencoder_kl_wan import CausalConv3d
+
+    torch.manual_seed(2)
+    conv = CausalConv3d(5, 7, 3, padding=1)
+    fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
+    if channels_last:
+        conv.weight.data = conv.weight.data.contiguous(memory_format=fmt)
+        conv.channels_last = True
+    x = torch.randn(2, 5, 4, 9, 11).contiguous(memory_format=fmt)
+    stream, outs = {}, []
+    with torch.no_grad():
+        for chunk in (x[:, :, :1], x[:, :, 1:4]):
+            outs.append(conv(chunk.contiguous(memory_format=fmt), stream, silu=True))
+        assert torch.equal(stream[conv], F.silu(x[:, :, 2:4]))
+        ref = F.conv3d(F.pad(F.silu(x), (0, 0, 0, 0, 2, 0)), conv.weight, conv.bias, padding=(0, 1, 1))
+        got = torch.cat(outs, dim=2)
+    assert got.shape == ref.shape == (2, 7, 4, 9, 11)
+    assert _rel(got, ref) <= 1e-6
+    assert got.is_contiguous(memory_format=fmt)
+
+
 def test_channels_last_decode_and_encode_match_diffusers(pair, monkeypatch):
     """NDHWC activations: convs on channels-last weights, channel norms through the fused ops.rms_norm."""
     from fastdit import ops

@@ -81,6 +81,8 @@ class CausalConv3d(nn.Conv3d):
     """Conv3d padded causally in time (2 * pad_t frames in front, none behind), symmetric in space.
 
     With a `stream`, the front padding is the tail of the previous chunk's input instead of zeros.
+    silu=True convolves silu(x): the activation is written straight into the time-padded input buffer, so the
+    padding (cached tail or zeros) costs no extra full-size copy of the activations (a pad or cat would).
     """
 
     def __init__(self, in_dim: int, out_dim: int, kernel, stride=1, padding=0):
@@ -91,17 +93,34 @@ class CausalConv3d(nn.Conv3d):
         self.padding = (0, p_h, p_w)
         self.channels_last = False  # keep NDHWC outputs (a no-op where cuDNN returns them; CPU convs do not)
 
-    def forward(self, x: torch.Tensor, stream: Stream | None = None) -> torch.Tensor:
-        if self.causal_t:
+    def forward(self, x: torch.Tensor, stream: Stream | None = None, silu: bool = False) -> torch.Tensor:
+        p = self.causal_t
+        if p:
             prev = stream.get(self) if stream is not None else None
-            if prev is None:
-                x = F.pad(x, (0, 0, 0, 0, self.causal_t, 0))
-            else:
-                x = torch.cat([prev, x], dim=2)
+            x = self._time_padded(x, prev, silu)
             if stream is not None:
-                stream[self] = x[:, :, -self.causal_t:].clone()
+                stream[self] = x[:, :, -p:].clone()
+        elif silu:
+            x = F.silu(x)
         y = super().forward(x)
         return y.contiguous(memory_format=torch.channels_last_3d) if self.channels_last else y
+
+
+    def _time_padded(self, x: torch.Tensor, prev: torch.Tensor | None, silu: bool) -> torch.Tensor:
+        """[prev or zeros (causal_t frames), act(x)] along time, in x's memory layout: one write of act(x)."""
+        p = self.causal_t
+        B, C, T, H, W = x.shape
+        fmt = torch.channels_last_3d if x.is_contiguous(memory_format=torch.channels_last_3d) else torch.contiguous_format
+        out = torch.empty(B, C, p + T, H, W, dtype=x.dtype, device=x.device, memory_format=fmt)
+        if prev is None:
+            out[:, :, :p].zero_()
+        else:
+            out[:, :, :p].copy_(prev)
+        if silu:
+            torch.ops.aten.silu.out(x, out=out[:, :, p:])
+        else:
+            out[:, :, p:].copy_(x)
+        return out
 
 
 class ChannelRMSNorm(nn.Module):
@@ -139,8 +158,8 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, stream: Stream) -> torch.Tensor:
         h = x if self.conv_shortcut is None else self.conv_shortcut(x)
-        x = self.conv1(F.silu(self.norm1(x)), stream)
-        x = self.conv2(F.silu(self.norm2(x)), stream)
+        x = self.conv1(self.norm1(x), stream, silu=True)
+        x = self.conv2(self.norm2(x), stream, silu=True)
         return x + h
 
 
@@ -212,6 +231,8 @@ class Resample(nn.Module):
             rest = torch.empty(B, C, 2 * T, H, W, dtype=y.dtype, device=y.device, memory_format=fmt)
             rest[:, :, 0::2] = y[:, :C]  # written in place: the layout survives (a stack would not keep NDHWC)
             rest[:, :, 1::2] = y[:, C:]
+        if not head.shape[2] or not rest.shape[2]:
+            return rest if rest.shape[2] else head  # a cat would copy the one non-empty part (2x upsampled)
         return torch.cat([head, rest], dim=2)
 
     def _time_down(self, x: torch.Tensor, stream: Stream) -> torch.Tensor:
@@ -279,7 +300,7 @@ class Encoder3d(nn.Module):
         for layer in self.down_blocks:
             x = layer(x, stream)
         x = self.mid_block(x, stream)
-        return self.conv_out(F.silu(self.norm_out(x)), stream)
+        return self.conv_out(self.norm_out(x), stream, silu=True)
 
 
 class Decoder3d(nn.Module):
@@ -307,7 +328,7 @@ class Decoder3d(nn.Module):
         x = self.mid_block(self.conv_in(x, stream), stream)
         for block in self.up_blocks:
             x = block(x, stream)
-        return self.conv_out(F.silu(self.norm_out(x)), stream)
+        return self.conv_out(self.norm_out(x), stream, silu=True)
 
 
 # tiling
