@@ -160,8 +160,9 @@ def bench_vae(size: str, args, device) -> dict:
         r = measure(lambda: ref.decode(z, return_dict=False)[0], args.measure_seconds, args.iters)
         expected = r.pop("out")
         for variant in args.vae_variants:
-            layout, chunk = variant[:2], int(variant[2:])
+            layout, chunk, search = variant[:2], int(variant[2:].rstrip("b")), variant.endswith("b")
             ours.set_channels_last(layout == "cl")
+            ours.cudnn_benchmark = search  # the measurement's warm-up call pays cuDNN's algorithm search
             o = measure(lambda: ours.decode(z, chunk_frames=chunk), args.measure_seconds, args.iters)
             row["decode_ms"][variant], row["peak_gib"][variant] = o["ms"], o["peak_gib"]
             row["rel_l2_vs_diffusers"][variant] = rel_l2(o.pop("out"), expected)
@@ -259,8 +260,9 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=3, help="most timed calls per measurement")
     parser.add_argument("--measure-seconds", type=float, default=8.0, help="time per measurement that sets the count")
     parser.add_argument("--vae-sizes", nargs="*", default=["480x832", "720x1280"])
-    parser.add_argument("--vae-variants", nargs="*", default=["cl1", "cl3", "nc1"],
-                        help="fastdit decode variants: cl|nc (channels-last or NCDHW) + latent frames per pass")
+    parser.add_argument("--vae-variants", nargs="*", default=["cl1", "cl1b", "cl3", "nc1"],
+                        help="fastdit decode variants: cl|nc (channels-last or NCDHW) + latent frames per pass "
+                             "(+ b: cuDNN benchmark mode, algorithms timed per conv shape)")
     parser.add_argument("--e2e-steps", type=int, default=50, help="0 skips the end-to-end section")
     parser.add_argument("--e2e-model", default=presets.T2V_1_3B, help="built-in T2V model id for the e2e section")
     parser.add_argument("--e2e-size", default="480x832")
@@ -275,8 +277,10 @@ def main() -> None:
         if case.split("@")[0] not in MODELS or len(case.split("@")) != 2:
             parser.error(f"--cases {case!r}: use MODEL@HxW with MODEL in {sorted(MODELS)}")
     for variant in args.vae_variants:
-        if variant[:2] not in ("cl", "nc") or not variant[2:].isdigit() or int(variant[2:]) < 1:
-            parser.error(f"--vae-variants {variant!r}: use cl or nc followed by latent frames per pass, e.g. cl1")
+        chunk = variant[2:].removesuffix("b")
+        if variant[:2] not in ("cl", "nc") or not chunk.isdigit() or int(chunk) < 1:
+            parser.error(f"--vae-variants {variant!r}: use cl or nc, latent frames per pass, optional b (cuDNN "
+                         "benchmark mode), e.g. cl1 or cl1b")
     device = torch.device("cuda")
     t0, rows, pass_s = time.perf_counter(), [], {}
     left = lambda: args.max_seconds - (time.perf_counter() - t0)  # noqa: E731

@@ -105,6 +105,32 @@ def test_causal_conv_silu_into_the_padded_buffer(channels_last):
     assert got.is_contiguous(memory_format=fmt)
 
 
+def test_cudnn_benchmark_is_scoped_to_encode_and_decode(pair, monkeypatch):
+    """cudnn_benchmark turns cuDNN's benchmark mode on inside decode/encode only; the flag is restored after,
+    also when the pass raises."""
+    _, ours = pair
+    seen = []
+    decoder_forward = ours.decoder.forward
+    monkeypatch.setattr(ours.decoder, "forward", lambda x, s: seen.append(torch.backends.cudnn.benchmark) or decoder_forward(x, s))
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    z = torch.randn(1, 4, 2, 3, 5, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        ours.decode(z)
+        ours.cudnn_benchmark = True
+        try:
+            ours.decode(z)
+            assert not torch.backends.cudnn.benchmark
+            with pytest.raises(ValueError, match="needs T = 4k\\+1"):
+                ours.encode(torch.randn(1, 3, 2, 16, 16))
+            with pytest.raises(RuntimeError):
+                ours.decode(torch.randn(1, 5, 2, 3, 5))  # 5 channels: post_quant_conv raises inside the scope
+            assert not torch.backends.cudnn.benchmark
+        finally:
+            ours.cudnn_benchmark = False
+    assert seen == [False, False, True, True]  # decoder passes: 2 chunks per decode
+    assert not torch.backends.cudnn.benchmark
+
+
 def test_channels_last_decode_and_encode_match_diffusers(pair, monkeypatch):
     """NDHWC activations: convs on channels-last weights, channel norms through the fused ops.rms_norm."""
     from fastdit import ops

@@ -57,6 +57,8 @@ FOLDER_DEFAULTS = SamplingDefaults(height=480, width=832, num_inference_steps=50
 VAE_DECODE_CHUNK_FRAMES = 1
 # On a GPU the VAE runs channels-last (NDHWC convs, fused channel norms): bench/e2e_wan.py times both layouts.
 VAE_CHANNELS_LAST_ON_GPU = True
+# cuDNN benchmark mode inside the GPU VAE's encode/decode (bench/e2e_wan.py's cl1b vs cl1 decides it).
+VAE_CUDNN_BENCHMARK_ON_GPU = False
 
 
 def vae_channels_last(device: torch.device) -> bool:
@@ -155,6 +157,7 @@ class WanRecipe:
             )
         if vae_channels_last(device):
             components.vae.set_channels_last(True)
+            components.vae.cudnn_benchmark = VAE_CUDNN_BENCHMARK_ON_GPU
         defaults = source.spec.defaults if source.spec is not None else FOLDER_DEFAULTS
         return cls(components, defaults, source.model_id, device, dtype, attn_op.backend)
 

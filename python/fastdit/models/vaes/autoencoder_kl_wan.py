@@ -15,6 +15,7 @@ Module names equal the diffusers checkpoint keys.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import torch
@@ -369,14 +370,28 @@ def _tiled(run, x: torch.Tensor, in_tile: int, in_stride: int, out_tile: int, ou
 # model
 
 
+@contextlib.contextmanager
+def _cudnn_benchmark(enabled: bool):
+    """torch.backends.cudnn.benchmark = enabled inside the block only (the process-wide flag is restored)."""
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = enabled or saved
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = saved
+
+
 class AutoencoderKLWan(nn.Module):
     """channels_last (set_channels_last): convolutions run on NDHWC activations (cuDNN's native layout for
-    tensor-core 3D convs, no transposes around each conv) and the channel RMSNorms become one fused op."""
+    tensor-core 3D convs, no transposes around each conv) and the channel RMSNorms become one fused op.
+    cudnn_benchmark: encode/decode let cuDNN time its algorithms per conv shape (the first call of each video
+    size pays the search; bench/e2e_wan.py's "b" variants measure it) instead of taking its heuristic's pick."""
 
     def __init__(self, config: WanVAEConfig, kernel_backend: str = "auto"):
         super().__init__()
         self.config = config
         self.channels_last = False
+        self.cudnn_benchmark = False
         self.encoder = Encoder3d(config)
         self.quant_conv = CausalConv3d(2 * config.z_dim, 2 * config.z_dim, 1)
         self.post_quant_conv = CausalConv3d(config.z_dim, config.z_dim, 1)
@@ -436,11 +451,12 @@ class AutoencoderKLWan(nn.Module):
         if (T - 1) % 4 or H % r or W % r:
             raise ValueError(f"AutoencoderKLWan.encode: video (T, H, W)=({T}, {H}, {W}) needs T = 4k+1 and H, W multiples of {r}")
         tile, stride = self.tile_sample_min_size, self.tile_sample_stride
-        if self.use_tiling and (H > tile or W > tile):
-            # diffusers applies quant_conv per tile (a 1x1x1 conv: the same numbers)
-            h = _tiled(self._encode_untiled, x, tile, stride, tile // r, stride // r, (H // r, W // r))
-        else:
-            h = self._encode_untiled(x)
+        with _cudnn_benchmark(self.cudnn_benchmark):
+            if self.use_tiling and (H > tile or W > tile):
+                # diffusers applies quant_conv per tile (a 1x1x1 conv: the same numbers)
+                h = _tiled(self._encode_untiled, x, tile, stride, tile // r, stride // r, (H // r, W // r))
+            else:
+                h = self._encode_untiled(x)
         return h[:, : self.config.z_dim]
 
     # decode
@@ -461,11 +477,12 @@ class AutoencoderKLWan(nn.Module):
         h, w = z.shape[-2:]
         r = self.config.scale_factor_spatial
         tile, stride = self.tile_sample_min_size, self.tile_sample_stride
-        if self.use_tiling and (h > tile // r or w > tile // r):
-            run = lambda t: self._decode_untiled(t, chunk_frames)  # noqa: E731
-            out = _tiled(run, z, tile // r, stride // r, tile, stride, (h * r, w * r))
-        else:
-            out = self._decode_untiled(z, chunk_frames)
+        with _cudnn_benchmark(self.cudnn_benchmark):
+            if self.use_tiling and (h > tile // r or w > tile // r):
+                run = lambda t: self._decode_untiled(t, chunk_frames)  # noqa: E731
+                out = _tiled(run, z, tile // r, stride // r, tile, stride, (h * r, w * r))
+            else:
+                out = self._decode_untiled(z, chunk_frames)
         return out.clamp(-1.0, 1.0)
 
 
