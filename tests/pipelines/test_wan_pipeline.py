@@ -150,7 +150,7 @@ def test_vae_channels_last_on_gpu_only_and_the_pipeline_takes_it(t2v, monkeypatc
 
     assert wan.vae_channels_last(torch.device("cuda")) and wan.vae_channels_last("cuda:1")
     assert not wan.vae_channels_last(torch.device("cpu"))
-    ref, ours = t2v
+    _, ours = t2v
     assert not ours.vae.channels_last
     monkeypatch.setattr(wan, "vae_channels_last", lambda device: True)
     forced = _ours(ours.model_id, "WanPipeline")
