@@ -45,7 +45,7 @@ _OPTIONS: list[tuple[str, type, Any, str]] = [
     ("ulysses-degree", int, None, "Ulysses sequence-parallel degree (default: the GPUs the other degrees leave)"),
     ("ring-degree", int, None, "ring-attention degree (default 1); ulysses x ring x (2 with CFG-parallel) = GPUs"),
     ("enable-cfg-parallel", bool, False, "run the two CFG branches on two halves of the GPUs (Wan; guidance > 1)"),
-    ("tp-size", int, 1, "tensor-parallel size of the text encoders (only 1 in this build)"),
+    ("tp-size", int, 1, "T5/UMT5 text encoder tensor-parallel over groups of T consecutive GPUs (T divides --num-gpus and the heads)"),
 ]
 _DEST = {flag.replace("-", "_"): (flag, kind, default) for flag, kind, default, _ in _OPTIONS}
 

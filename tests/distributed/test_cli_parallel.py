@@ -38,7 +38,8 @@ def test_two_processes_write_what_one_writes(tmp_path, capsys):
      "ulysses_degree * ring_degree * cfg = 4 * 1 * 1 = 4 must equal num_gpus=2; with num_gpus=2 the allowed "
      "(ulysses, ring) pairs are [(1, 2), (2, 1)]"),
     (["--num-gpus", "3", "--enable-cfg-parallel"], "allowed (ulysses, ring) pairs are none (num_gpus must be even)"),
-    (["--num-gpus", "2", "--tp-size", "2"], "tp_size=2 is not supported; allowed: 1"),
+    (["--num-gpus", "4", "--tp-size", "3"], "tp_size=3 must divide num_gpus=4 (text-encoder groups of tp_size "
+     "consecutive ranks); allowed tp sizes: [1, 2, 4]"),
     (["--num-gpus", "0"], "num_gpus=0 must be an integer >= 1"),
 ])
 def test_bad_degrees_are_one_line(flags, message, capsys):

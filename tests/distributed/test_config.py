@@ -38,7 +38,7 @@ def test_rank_layout_is_cfg_ring_ulysses():
         (("--num-gpus", "3", "--enable-cfg-parallel"), r"none \(num_gpus must be even\)"),
         (("--num-gpus", "2", "--ulysses-degree", "2", "--ring-degree", "2"), r"2 \* 2 \* 1 = 4 must equal num_gpus=2"),
         (("--num-gpus", "0",), r"num_gpus=0 must be an integer >= 1"),
-        (("--num-gpus", "2", "--tp-size", "2"), r"tp_size=2 is not supported; allowed: 1"),
+        (("--num-gpus", "4", "--tp-size", "3"), r"tp_size=3 must divide num_gpus=4 .*; allowed tp sizes: \[1, 2, 4\]"),
     ],
 )
 def test_bad_degrees_are_one_line_errors(argv, match):

@@ -8,7 +8,9 @@ the heaviest collective, stays on the closest links):
     rank = cfg_rank * (ring_degree * ulysses_degree) + ring_rank * ulysses_degree + ulysses_rank
 
 The sequence-parallel (SP) rank `ring_rank * ulysses_degree + ulysses_rank` is also the index of the
-image-token chunk a rank holds. Validation happens once, at the edge (CLI, server, API), with one-line
+image-token chunk a rank holds. Independently of that layout, the T5/UMT5 text encoder runs tensor-parallel
+over groups of tp_size consecutive ranks (tp_rank = rank % tp_size; tp_size divides num_gpus and the
+encoder's heads: tp.py). Validation happens once, at the edge (CLI, server, API), with one-line
 errors naming the numbers and what is allowed.
 """
 
@@ -34,9 +36,11 @@ class ParallelConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ParallelConfig: {name}={value!r} must be an integer >= 1")
-        if self.tp_size != 1:
-            # Tensor-parallel text encoders are not part of this build: refuse rather than ignore the flag.
-            raise ValueError(f"ParallelConfig: tp_size={self.tp_size} is not supported; allowed: 1")
+        if self.num_gpus % self.tp_size:
+            raise ValueError(
+                f"ParallelConfig: tp_size={self.tp_size} must divide num_gpus={self.num_gpus} (text-encoder groups of "
+                f"tp_size consecutive ranks); allowed tp sizes: {_divisors(self.num_gpus)}"
+            )
         if self.world_size != self.num_gpus:
             raise ValueError(
                 f"ParallelConfig: ulysses_degree * ring_degree * cfg = {self.ulysses_degree} * {self.ring_degree} * "
@@ -111,6 +115,15 @@ class ParallelConfig:
                 "this model has one branch: drop --enable-cfg-parallel"
             )
 
+    def check_text_encoder(self, num_heads: int, name: str) -> None:
+        """Checks tp_size against one text encoder: its attention heads are split evenly over the TP group."""
+        if num_heads % self.tp_size:
+            allowed = [d for d in _divisors(num_heads) if self.num_gpus % d == 0]
+            raise ValueError(
+                f"ParallelConfig: tp_size={self.tp_size} must divide the {num_heads} attention heads of {name}; "
+                f"allowed tp sizes with num_gpus={self.num_gpus}: {allowed}"
+            )
+
     def rank_coords(self, rank: int) -> tuple[int, int, int]:
         """(cfg_rank, ring_rank, ulysses_rank) of a global rank."""
         if not 0 <= rank < self.world_size:
@@ -132,7 +145,8 @@ def add_parallel_flags(parser) -> None:
     group.add_argument("--ring-degree", type=int, default=None, help="ring-attention degree (default 1)")
     group.add_argument("--enable-cfg-parallel", action="store_true",
                        help="run the conditional and unconditional CFG branches on two halves of the GPUs")
-    group.add_argument("--tp-size", type=int, default=1, help="tensor-parallel size of the text encoders (only 1)")
+    group.add_argument("--tp-size", type=int, default=1, help="tensor-parallel size of the T5/UMT5 text encoders: groups of T consecutive GPUs each "
+                            "split the encoder's heads and FFN (T divides --num-gpus and the heads; default 1)")
 
 
 def config_from_flags(args) -> ParallelConfig:

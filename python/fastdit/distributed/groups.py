@@ -1,4 +1,4 @@
-"""torch.distributed process groups for one ParallelConfig: world, SP (Ulysses x ring), Ulysses, ring, CFG.
+"""torch.distributed process groups for one ParallelConfig: world, SP (Ulysses x ring), Ulysses, ring, CFG, TP.
 
 NCCL on CUDA, gloo on CPU (tests). Every rank creates every group in the same order (torch.distributed
 requires it) and keeps the handles of the groups it belongs to. A group of one rank is stored as None:
@@ -31,10 +31,15 @@ class ParallelGroups:
     ring_group: dist.ProcessGroup | None
     cfg_group: dist.ProcessGroup | None
     ring_ranks: tuple[int, ...] = ()  # global ranks of this rank's ring group, in ring order
+    tp_group: dist.ProcessGroup | None = None  # the text encoders' TP group: tp_size consecutive ranks
 
     @property
     def sp_rank(self) -> int:
         return self.ring_rank * self.config.ulysses_degree + self.ulysses_rank
+
+    @property
+    def tp_rank(self) -> int:
+        return self.rank % self.config.tp_size
 
     @property
     def is_output_rank(self) -> bool:
@@ -91,13 +96,17 @@ def make_groups(config: ParallelConfig, rank: int, device: torch.device | str) -
     uly_members = [[at(c, r, u) for u in range(uly_n)] for c in range(cfg_n) for r in range(ring_n)]
     ring_members = [[at(c, r, u) for r in range(ring_n)] for c in range(cfg_n) for u in range(uly_n)]
     cfg_members = [[at(c, r, u) for c in range(cfg_n)] for r in range(ring_n) for u in range(uly_n)]
+    tp_n = config.tp_size
+    tp_members = [list(range(first, first + tp_n)) for first in range(0, config.world_size, tp_n)]
     sp_group, _ = _new_groups(backend, sp_members, rank)
     ulysses_group, _ = _new_groups(backend, uly_members, rank)
     ring_group, ring_ranks = _new_groups(backend, ring_members, rank)
     cfg_group, _ = _new_groups(backend, cfg_members, rank)
+    tp_group, _ = _new_groups(backend, tp_members, rank)
     cfg_rank, ring_rank, ulysses_rank = config.rank_coords(rank)
     return ParallelGroups(
-        config, rank, device, cfg_rank, ring_rank, ulysses_rank, sp_group, ulysses_group, ring_group, cfg_group, ring_ranks
+        config, rank, device, cfg_rank, ring_rank, ulysses_rank,
+        sp_group, ulysses_group, ring_group, cfg_group, ring_ranks, tp_group,
     )
 
 

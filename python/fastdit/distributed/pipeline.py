@@ -4,8 +4,9 @@
     result = workers.run(request)            # GenerationResult from rank 0, as Pipeline.run returns it
     workers.close()
 
-One process per rank, each loading the pipeline onto its own GPU and applying the DiT's parallel plan
-(`parallelize_pipeline`: sequence parallel, and CFG-parallel for recipes that batch their CFG branches).
+One process per rank, each loading the pipeline onto its own GPU and applying the parallel plans
+(`parallelize_pipeline`: the DiT's sequence parallel, CFG-parallel for recipes that batch their CFG
+branches, and with --tp-size T the T5/UMT5 text encoder sharded over T consecutive ranks, tp.py).
 Every request goes to every rank (one queue each); every rank runs the same sampling loop on the same
 (gathered) latents, and only rank 0 decodes, saves and replies. A request without a seed gets one here,
 so every rank draws the same noise. With one GPU nothing is spawned: the pipeline runs in this process.
@@ -27,6 +28,7 @@ from fastdit.distributed.config import ParallelConfig
 from fastdit.distributed.groups import ParallelGroups
 from fastdit.distributed.launcher import check_devices, default_device_type, spawn_context, start
 from fastdit.distributed.plans import CfgParallel, SequenceParallelFlux, SequenceParallelWan, _Plan
+from fastdit.distributed.tp import parallelize_text_encoders
 from fastdit.layers.attention import AttentionOp
 
 # DiT class -> its sequence-parallel plan
@@ -44,7 +46,8 @@ def _loaded_attn_op(dit, backend: str) -> AttentionOp:
 
 
 def parallelize_pipeline(pipe, groups: ParallelGroups, attn_op=None, attn_with_lse=None) -> None:
-    """Replaces pipe's DiT by its parallel plan for `groups` (nothing to do on a single process)."""
+    """Replaces pipe's DiT by its parallel plan for `groups` and shards its T5/UMT5 text encoder over
+    groups.tp_group (nothing to do on a single process)."""
     config = groups.config
     if config.world_size == 1:
         return
@@ -62,6 +65,7 @@ def parallelize_pipeline(pipe, groups: ParallelGroups, attn_op=None, attn_with_l
     op = attn_op or _loaded_attn_op(components.transformer, pipe.recipe.attention_backend)
     dit = SEQUENCE_PARALLEL_PLANS[name](components.transformer, groups, op, attn_with_lse)
     components.transformer = CfgParallel(dit, groups) if config.cfg_parallel else dit
+    parallelize_text_encoders(components, groups)
 
 
 @dataclasses.dataclass(frozen=True)
