@@ -1,11 +1,12 @@
-"""Multi-GPU inference on one host: Ulysses x ring sequence parallel (USP) and CFG-parallel.
+"""Multi-GPU inference on one host: Ulysses x ring sequence parallel (USP), CFG-parallel, TP text encoders.
 
     config = ParallelConfig.from_flags(num_gpus=4, ring_degree=2)      # validated, one-line errors
     workers = PipelineWorkers(config, "flux-tiny")                     # one process per GPU
     result = workers.run(request)                                      # as Pipeline.run, from rank 0
 
 Lower level: `launch(fn, config, *args)` runs fn(groups, *args) on every rank; plans.py applies SP and
-CFG-parallel to a DiT from outside the model; USPAttention is the sequence-parallel attention op.
+CFG-parallel to a DiT from outside the model; USPAttention is the sequence-parallel attention op; tp.py
+shards the T5/UMT5 text encoder over groups of --tp-size ranks.
 """
 
 from fastdit.distributed.config import ParallelConfig, add_parallel_flags, config_from_flags

@@ -34,6 +34,7 @@ from transformers.models.t5.modeling_t5 import T5Attention, T5DenseActDense, T5D
 from transformers.models.umt5.modeling_umt5 import UMT5Attention, UMT5DenseActDense, UMT5DenseGatedActDense
 
 from fastdit.distributed.groups import ParallelGroups
+from fastdit.log import get_logger
 from fastdit.models.encoders.hf_loading import HFEncoder
 
 _ATTENTION = (T5Attention, UMT5Attention)
@@ -134,4 +135,7 @@ def parallelize_text_encoders(components, groups: ParallelGroups) -> list[str]:
             encoders[field.name] = value.model
     for model in encoders.values():
         shard_encoder(model, groups.tp_rank, groups.config.tp_size, groups.tp_group)
+    if groups.is_output_rank and encoders:
+        get_logger().info("%s tensor-parallel over groups of %d consecutive ranks", ", ".join(encoders),
+                          groups.config.tp_size)
     return list(encoders)
