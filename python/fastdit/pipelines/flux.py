@@ -18,9 +18,7 @@ CPU generator; so one seed gives the same noise on every device, and the same im
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import secrets
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,16 +28,16 @@ from PIL import Image
 from fastdit.configs.flux import flux_transformer_preset
 from fastdit.configs.scheduler import scheduler_preset
 from fastdit.configs.vae import vae_preset
-from fastdit.layers.attention import make_attention_op
 from fastdit.loader.weights import read_config
 from fastdit.models.dits.flux import FluxTransformer2DModel, load_flux_transformer
 from fastdit.models.encoders.clip import CLIPTextEncoder
 from fastdit.models.encoders.t5 import T5TextEncoder
 from fastdit.models.vaes.autoencoder_kl import AutoencoderKL, dummy_autoencoder_kl, load_autoencoder_kl
 from fastdit.pipelines.cuda_graph import GraphedDenoiser
+from fastdit.pipelines.recipe import Recipe, read_scheduler_json, repeat_per_prompt, seeded_noise
 from fastdit.pipelines.registry import ModelSource
-from fastdit.pipelines.request import GenerationRequest, GenerationResult, RunState, SamplingDefaults
-from fastdit.pipelines.runner import Stage, make_result, run_stages, timed_steps
+from fastdit.pipelines.request import GenerationRequest, RunState, SamplingDefaults
+from fastdit.pipelines.runner import timed_steps
 from fastdit.pipelines.save import SaveTarget, save_images
 from fastdit.schedulers.flow_match_euler import FlowMatchEulerScheduler, FlowMatchEulerSchedulerConfig
 
@@ -116,20 +114,16 @@ class FluxState(RunState):
     latent_width: int = 0
 
 
-class FluxRecipe:
+class FluxRecipe(Recipe):
     """FLUX.1 (dev, schnell-shaped configs, flux-tiny): components plus the stage functions over FluxState."""
 
     task = "text-to-image"
+    state_class = FluxState
     supports_cuda_graph = True  # the denoising step can run as a captured CUDA graph (set_cuda_graph)
 
     def __init__(self, components: FluxComponents, defaults: SamplingDefaults, model_id: str,
                  device: torch.device, dtype: torch.dtype, attention_backend: str):
-        self.components = components
-        self.defaults = defaults
-        self.model_id = model_id
-        self.device = device
-        self.dtype = dtype
-        self.attention_backend = attention_backend
+        super().__init__(components, defaults, model_id, device, dtype, attention_backend)
         self.vae_scale_factor = components.vae.config.scale_factor  # 2^(levels - 1): 8 for FLUX.1
         self.cuda_graph = False
         self._graphed: GraphedDenoiser | None = None
@@ -138,14 +132,6 @@ class FluxRecipe:
         """Run each denoising step's DiT call as a CUDA graph (captured per shape on first use) or eagerly."""
         self.cuda_graph = enabled
         self._graphed = None
-
-    @property
-    def transformer(self) -> torch.nn.Module:
-        return self.components.transformer
-
-    @property
-    def vae(self) -> torch.nn.Module:
-        return self.components.vae
 
     @property
     def denoiser(self):
@@ -159,57 +145,48 @@ class FluxRecipe:
             self._graphed = GraphedDenoiser(model)
         return self._graphed
 
+    # load (Recipe.load calls these)
+
+    @staticmethod
+    def head_dim(source: ModelSource) -> int:
+        if source.folder is None:
+            return flux_transformer_preset(source.spec.preset).attention_head_dim
+        return read_config(os.path.join(source.folder, "transformer")).get("attention_head_dim", 128)
+
     @classmethod
-    def load(cls, source: ModelSource, device: torch.device, dtype: torch.dtype, load_format: str,
-             attention_backend: str, kernel_backend: str) -> FluxRecipe:
-        """Components from a diffusers folder (load_format "auto"), or a built-in preset with random weights."""
-        if source.folder is not None and load_format == "dummy":
-            raise ValueError(
-                f"load_format='dummy' takes a built-in model id, not the folder {source.folder!r}: use load_format auto"
-            )
-        # Resolved once for this device, dtype and head size (logged once), before any weight is read, so a
-        # forced backend that cannot run fails in a second.
-        if source.folder is None:
-            head_dim = flux_transformer_preset(source.spec.preset).attention_head_dim
-        else:
-            head_dim = read_config(os.path.join(source.folder, "transformer")).get("attention_head_dim", 128)
-        attn_op = make_attention_op(attention_backend, device, dtype, head_dim)
-        if source.folder is None:
-            components = _dummy_components(source.spec.preset, device, dtype, attn_op, kernel_backend)
-        else:
-            components = _folder_components(source.folder, device, dtype, attn_op, kernel_backend)
+    def finish_load(cls, components: FluxComponents, source: ModelSource, device: torch.device) -> None:
         components.check_compatible(source.model_id)
-        if source.spec is not None:
-            defaults = source.spec.defaults
-        else:
-            # diffusers FluxPipeline: default_sample_size (128) latent pixels, 28 steps, guidance 3.5
-            side = DEFAULT_SAMPLE_SIZE * components.vae.config.scale_factor
-            defaults = SamplingDefaults(height=side, width=side, num_inference_steps=28, guidance_scale=3.5)
-        return cls(components, defaults, source.model_id, device, dtype, attn_op.backend)
 
-    # run
+    @staticmethod
+    def folder_defaults(components: FluxComponents) -> SamplingDefaults:
+        # diffusers FluxPipeline: default_sample_size (128) latent pixels, 28 steps, guidance 3.5
+        side = DEFAULT_SAMPLE_SIZE * components.vae.config.scale_factor
+        return SamplingDefaults(height=side, width=side, num_inference_steps=28, guidance_scale=3.5)
 
-    def stages(self, request: GenerationRequest, save: SaveTarget | None) -> list[Stage]:
-        stages: list[Stage] = [
-            ("validate", self.validate),
-            ("encode", self.encode),
-            ("timesteps", self.prepare_timesteps),
-            ("latents", self.prepare_latents),
-            ("denoise", self.denoise),
-        ]
-        if request.output_type == "pil":
-            stages.append(("decode", self.decode))
-            if save is not None:
-                stages.append(("save", lambda req, state: self.save(req, state, save)))
-        return stages
+    @staticmethod
+    def dummy_components(preset: str, device, dtype, attn_op, kernel_backend: str) -> FluxComponents:
+        """The built-in architecture `preset` with random weights and stand-in tokenizers: nothing downloaded."""
+        return FluxComponents(
+            transformer=load_flux_transformer(preset=preset, dtype=dtype, device=device, attn_op=attn_op,
+                                              kernel_backend=kernel_backend, load_format="dummy"),
+            vae=dummy_autoencoder_kl(vae_preset(preset), dtype, device),
+            text_encoder=CLIPTextEncoder.dummy(preset, dtype, device),
+            text_encoder_2=T5TextEncoder.dummy(preset, dtype, device),
+            scheduler_config=scheduler_preset(preset),
+        )
 
-    def run(self, request: GenerationRequest, save: SaveTarget | None = None, show_progress: bool = True) -> GenerationResult:
-        request = request.with_defaults(self.defaults)
-        seed = request.seed if request.seed is not None else secrets.randbits(63)
-        state = FluxState(seed=seed, show_progress=show_progress)
-        with torch.inference_mode():
-            run_stages(self.stages(request, save), request, state, self.device)
-        return make_result(state)
+    @staticmethod
+    def folder_components(folder: str, device, dtype, attn_op, kernel_backend: str) -> FluxComponents:
+        """Every component from its subfolder of a diffusers FluxPipeline folder, weights strictly checked."""
+        scheduler_config = FlowMatchEulerSchedulerConfig.from_dict(read_scheduler_json(folder)[0])
+        return FluxComponents(
+            transformer=load_flux_transformer(folder=os.path.join(folder, "transformer"), dtype=dtype, device=device,
+                                              attn_op=attn_op, kernel_backend=kernel_backend),
+            vae=load_autoencoder_kl(os.path.join(folder, "vae"), dtype, device),
+            text_encoder=CLIPTextEncoder.from_pretrained(folder, dtype, device),
+            text_encoder_2=T5TextEncoder.from_pretrained(folder, dtype, device),
+            scheduler_config=scheduler_config,
+        )
 
     # stages
 
@@ -255,9 +232,7 @@ class FluxRecipe:
             return
         channels = self.transformer.config.in_channels // 4
         shape = (request.batch_size, channels, state.latent_height, state.latent_width)
-        generator = torch.Generator(device="cpu").manual_seed(state.seed)
-        noise = torch.randn(shape, generator=generator, dtype=self.dtype)
-        state.latents = pack_latents(noise).to(self.device)
+        state.latents = pack_latents(seeded_noise(shape, state.seed, self.dtype)).to(self.device)
 
     def denoise(self, request: GenerationRequest, state: FluxState) -> None:
         """The Euler loop over the schedule; RoPE and the guidance vector are built once, outside it."""
@@ -303,10 +278,6 @@ class FluxRecipe:
 
     # helpers
 
-    @property
-    def vae_dtype(self) -> torch.dtype:
-        return next(self.vae.parameters()).dtype
-
     def _image_seq_len(self, request: GenerationRequest) -> int:
         f2 = 2 * self.vae_scale_factor
         return (request.height // f2) * (request.width // f2)
@@ -320,9 +291,7 @@ class FluxRecipe:
         """(T5 sequence [P*n, 512, D], CLIP pooled [P*n, pooled]); each prompt's rows repeated n times in a row."""
         pooled = self.components.text_encoder.encode(prompts)  # [P, pooled]
         embeds = self.components.text_encoder_2.encode(prompts, T5_MAX_SEQUENCE_LENGTH)  # [P, 512, D]
-        # diffusers' repeat(1, n).view(P * n, ...) is repeat_interleave over the batch
-        return (embeds.repeat_interleave(n, dim=0).to(self.device),
-                pooled.repeat_interleave(n, dim=0).to(self.device))
+        return repeat_per_prompt(embeds, n).to(self.device), repeat_per_prompt(pooled, n).to(self.device)
 
     def _velocity(self, latents, timestep, guidance, prompt_embeds, pooled, state: FluxState, rope) -> torch.Tensor:
         return self.denoiser(
@@ -330,35 +299,3 @@ class FluxRecipe:
             timestep=timestep, img_ids=state.img_ids, txt_ids=state.text_ids, guidance=guidance, rope=rope,
         )
 
-
-# loading
-
-
-def _dummy_components(preset: str, device, dtype, attn_op, kernel_backend: str) -> FluxComponents:
-    """The built-in architecture `preset` with random weights and stand-in tokenizers: nothing downloaded."""
-    return FluxComponents(
-        transformer=load_flux_transformer(preset=preset, dtype=dtype, device=device, attn_op=attn_op,
-                                          kernel_backend=kernel_backend, load_format="dummy"),
-        vae=dummy_autoencoder_kl(vae_preset(preset), dtype, device),
-        text_encoder=CLIPTextEncoder.dummy(preset, dtype, device),
-        text_encoder_2=T5TextEncoder.dummy(preset, dtype, device),
-        scheduler_config=scheduler_preset(preset),
-    )
-
-
-def _folder_components(folder: str, device, dtype, attn_op, kernel_backend: str) -> FluxComponents:
-    """Every component from its subfolder of a diffusers FluxPipeline folder, weights strictly checked."""
-    scheduler_file = os.path.join(folder, "scheduler", "scheduler_config.json")
-    try:
-        with open(scheduler_file, encoding="utf-8") as f:
-            scheduler_config = FlowMatchEulerSchedulerConfig.from_dict(json.load(f))
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"cannot read the scheduler config {scheduler_file!r}: {e}") from None
-    return FluxComponents(
-        transformer=load_flux_transformer(folder=os.path.join(folder, "transformer"), dtype=dtype, device=device,
-                                          attn_op=attn_op, kernel_backend=kernel_backend),
-        vae=load_autoencoder_kl(os.path.join(folder, "vae"), dtype, device),
-        text_encoder=CLIPTextEncoder.from_pretrained(folder, dtype, device),
-        text_encoder_2=T5TextEncoder.from_pretrained(folder, dtype, device),
-        scheduler_config=scheduler_config,
-    )

@@ -21,9 +21,7 @@ draws it with a CPU generator: the same seed gives the same video on every devic
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import secrets
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,15 +29,15 @@ import torch
 from PIL import Image
 
 from fastdit.configs import wan as presets
-from fastdit.layers.attention import make_attention_op
 from fastdit.loader.weights import read_config
 from fastdit.models.dits.wan import WanTransformerConfig, load_wan_transformer
 from fastdit.models.encoders.clip_vision import CLIPVisionEncoder
 from fastdit.models.encoders.umt5 import MAX_SEQUENCE_LENGTH, UMT5TextEncoder
 from fastdit.models.vaes.autoencoder_kl_wan import WanVAEConfig, load_autoencoder_kl_wan
+from fastdit.pipelines.recipe import Recipe, read_scheduler_json, repeat_per_prompt, seeded_noise
 from fastdit.pipelines.registry import ModelSource
-from fastdit.pipelines.request import GenerationRequest, GenerationResult, RunState, SamplingDefaults
-from fastdit.pipelines.runner import Stage, make_result, run_stages, timed_steps
+from fastdit.pipelines.request import GenerationRequest, RunState, SamplingDefaults
+from fastdit.pipelines.runner import timed_steps
 from fastdit.pipelines.save import SaveTarget
 from fastdit.pipelines.video import save_videos
 from fastdit.schedulers.flow_match_euler import FlowMatchEulerScheduler, FlowMatchEulerSchedulerConfig
@@ -102,52 +100,33 @@ class WanState(RunState):
     condition: torch.Tensor | None = None  # latents (I2V): [B, 20, T, h, w] mask + image latents
 
 
-class WanRecipe:
+class WanRecipe(Recipe):
     """Wan2.1 text-to-video; WanImageToVideoRecipe adds the image stages."""
 
     task = "text-to-video"
     pipeline_class = "WanPipeline"
+    state_class = WanState
 
     def __init__(self, components: WanComponents, defaults: SamplingDefaults, model_id: str,
                  device: torch.device, dtype: torch.dtype, attention_backend: str):
-        self.components = components
-        self.defaults = defaults
-        self.model_id = model_id
-        self.device = device
-        self.dtype = dtype
-        self.attention_backend = attention_backend
+        super().__init__(components, defaults, model_id, device, dtype, attention_backend)
         self.vae_scale_spatial = components.vae.config.scale_factor_spatial
         self.vae_scale_temporal = components.vae.config.scale_factor_temporal
 
-    @property
-    def transformer(self) -> torch.nn.Module:
-        return self.components.transformer
+    # load (Recipe.load calls these)
 
-    @property
-    def vae(self) -> torch.nn.Module:
-        return self.components.vae
+    @staticmethod
+    def head_dim(source: ModelSource) -> int:
+        # Self-attention (tens of thousands of keys) and cross-attention (512 text keys) may get different
+        # kernels from the one op: it picks by key count.
+        if source.folder is None:
+            return presets.transformer_preset(source.spec.preset).attention_head_dim
+        config = read_config(os.path.join(source.folder, "transformer"))
+        return WanTransformerConfig.from_dict(config).attention_head_dim
 
     @classmethod
-    def load(cls, source: ModelSource, device: torch.device, dtype: torch.dtype, load_format: str,
-             attention_backend: str, kernel_backend: str) -> WanRecipe:
-        """Components from a diffusers folder (load_format "auto"), or a built-in preset with random weights."""
-        if source.folder is not None and load_format == "dummy":
-            raise ValueError(
-                f"load_format='dummy' takes a built-in model id, not the folder {source.folder!r}: use load_format auto"
-            )
-        # Resolved once for this device, dtype and head size (and logged once) before any weight is read, so a
-        # forced backend that cannot run fails at once. Self-attention (tens of thousands of keys) and
-        # cross-attention (512 text keys) may get different kernels: the op picks by key count.
-        if source.folder is None:
-            head_dim = presets.transformer_preset(source.spec.preset).attention_head_dim
-        else:
-            config = read_config(os.path.join(source.folder, "transformer"))
-            head_dim = WanTransformerConfig.from_dict(config).attention_head_dim
-        attn_op = make_attention_op(attention_backend, device, dtype, head_dim)
-        if source.folder is None:
-            components = _dummy_components(source.spec.preset, device, dtype, attn_op, kernel_backend)
-        else:
-            components = _folder_components(source.folder, device, dtype, attn_op, kernel_backend)
+    def finish_load(cls, components: WanComponents, source: ModelSource, device: torch.device) -> None:
+        """The checkpoint's kind must be this recipe's (T2V or I2V); the VAE's layout is chosen for `device`."""
         i2v = components.transformer.config.image_dim is not None
         if i2v != (cls.task == "image-to-video") or (components.image_encoder is None) == i2v:
             raise ValueError(
@@ -158,24 +137,43 @@ class WanRecipe:
         if vae_channels_last(device):
             components.vae.set_channels_last(True)
             components.vae.cudnn_benchmark = VAE_CUDNN_BENCHMARK_ON_GPU
-        defaults = source.spec.defaults if source.spec is not None else FOLDER_DEFAULTS
-        return cls(components, defaults, source.model_id, device, dtype, attn_op.backend)
+
+    @staticmethod
+    def folder_defaults(components: WanComponents) -> SamplingDefaults:
+        return FOLDER_DEFAULTS
+
+    @staticmethod
+    def dummy_components(preset: str, device, dtype, attn_op, kernel_backend: str) -> WanComponents:
+        """The built-in architecture `preset` with random weights and a stand-in tokenizer: nothing downloaded."""
+        image_preset = presets.IMAGE_ENCODER_PRESETS.get(preset)
+        return WanComponents(
+            transformer=load_wan_transformer(presets.transformer_preset(preset), None, dtype, device, attn_op,
+                                             kernel_backend),
+            vae=load_autoencoder_kl_wan(presets.vae_preset(preset), None, dtype, device, kernel_backend),
+            text_encoder=UMT5TextEncoder.dummy(presets.TEXT_ENCODER_PRESETS[preset], dtype, device),
+            image_encoder=CLIPVisionEncoder.dummy(image_preset, dtype, device) if image_preset else None,
+            scheduler_config=presets.scheduler_preset(preset),
+            video_defaults=presets.VIDEO_DEFAULTS[preset],
+        )
+
+    @staticmethod
+    def folder_components(folder: str, device, dtype, attn_op, kernel_backend: str) -> WanComponents:
+        """Every component from its subfolder of a diffusers Wan pipeline folder, weights strictly checked."""
+        sub = lambda name: os.path.join(folder, name)  # noqa: E731
+        t_config = WanTransformerConfig.from_dict(read_config(sub("transformer")))
+        has_image_encoder = os.path.isdir(sub("image_encoder"))
+        return WanComponents(
+            transformer=load_wan_transformer(t_config, sub("transformer"), dtype, device, attn_op, kernel_backend),
+            vae=load_autoencoder_kl_wan(
+                WanVAEConfig.from_dict(read_config(sub("vae"))), sub("vae"), dtype, device, kernel_backend
+            ),
+            text_encoder=UMT5TextEncoder.from_pretrained(folder, dtype, device),
+            image_encoder=CLIPVisionEncoder.from_pretrained(folder, dtype, device) if has_image_encoder else None,
+            scheduler_config=_scheduler_config(folder),
+            video_defaults=presets.WAN_VIDEO_DEFAULTS,
+        )
 
     # run
-
-    def stages(self, request: GenerationRequest, save: SaveTarget | None) -> list[Stage]:
-        stages: list[Stage] = [
-            ("validate", self.validate),
-            ("encode", self.encode),
-            ("timesteps", self.prepare_timesteps),
-            ("latents", self.prepare_latents),
-            ("denoise", self.denoise),
-        ]
-        if request.output_type == "pil":
-            stages.append(("decode", self.decode))
-            if save is not None:
-                stages.append(("save", lambda req, state: self.save(req, state, save)))
-        return stages
 
     def with_defaults(self, request: GenerationRequest) -> GenerationRequest:
         video = self.components.video_defaults
@@ -183,14 +181,6 @@ class WanRecipe:
         return dataclasses.replace(
             request, num_frames=request.num_frames or video.num_frames, fps=request.fps or video.fps
         )
-
-    def run(self, request: GenerationRequest, save: SaveTarget | None = None, show_progress: bool = True) -> GenerationResult:
-        request = self.with_defaults(request)
-        seed = request.seed if request.seed is not None else secrets.randbits(63)
-        state = WanState(seed=seed, show_progress=show_progress)
-        with torch.inference_mode():
-            run_stages(self.stages(request, save), request, state, self.device)
-        return make_result(state)
 
     # stages
 
@@ -227,9 +217,7 @@ class WanRecipe:
             negatives = request.negative_prompts or [WAN_NEGATIVE_PROMPT] * len(prompts)
             prompts = negatives + prompts
         embeds = self.components.text_encoder.encode(prompts, MAX_SEQUENCE_LENGTH)
-        # diffusers' repeat(1, n).view(P * n, ...) is repeat_interleave over the batch
-        n = request.num_images_per_prompt
-        state.prompt_embeds = embeds.repeat_interleave(n, dim=0).to(self.device, self.dtype)
+        state.prompt_embeds = repeat_per_prompt(embeds, request.num_images_per_prompt).to(self.device, self.dtype)
 
     def prepare_timesteps(self, request: GenerationRequest, state: WanState) -> None:
         config, n = self.components.scheduler_config, request.num_inference_steps
@@ -245,9 +233,7 @@ class WanRecipe:
         if request.latents is not None:
             state.latents = request.latents.to(device=self.device, dtype=torch.float32)
             return
-        generator = torch.Generator(device="cpu").manual_seed(state.seed)
-        noise = torch.randn(self._latent_shape(request), generator=generator, dtype=torch.float32)
-        state.latents = noise.to(self.device)
+        state.latents = seeded_noise(self._latent_shape(request), state.seed, torch.float32).to(self.device)
 
     def denoise(self, request: GenerationRequest, state: WanState) -> None:
         """The sampling loop; RoPE and the projected text/image tokens are computed once, outside it."""
@@ -270,8 +256,7 @@ class WanRecipe:
 
     def decode(self, request: GenerationRequest, state: WanState) -> None:
         """Latents -> frames: z * std + mean (as diffusers: z / (1 / std) + mean), VAE, [-1, 1] -> uint8."""
-        vae_dtype = next(self.vae.parameters()).dtype
-        latents = state.latents.to(vae_dtype)
+        latents = state.latents.to(self.vae_dtype)
         mean, std = self.vae.latents_mean_std(latents.device, latents.dtype)
         latents = latents / (1.0 / std) + mean
         video = self.vae.decode(latents, chunk_frames=VAE_DECODE_CHUNK_FRAMES)  # [B, 3, F, H, W]
@@ -315,8 +300,7 @@ class WanImageToVideoRecipe(WanRecipe):
         B, _, T, h, w = state.latents.shape
         pixels = _image_to_tensor(state.image, request.height, request.width).to(self.device)  # [1, 3, H, W]
         video = torch.cat([pixels[:, :, None], pixels.new_zeros(1, 3, request.num_frames - 1, *pixels.shape[-2:])], dim=2)
-        vae_dtype = next(self.vae.parameters()).dtype
-        latent = self.vae.encode(video.to(vae_dtype)).to(torch.float32)  # [1, 16, T, h, w]
+        latent = self.vae.encode(video.to(self.vae_dtype)).to(torch.float32)  # [1, 16, T, h, w]
         mean, std = self.vae.latents_mean_std(self.device, torch.float32)
         latent = ((latent - mean) * (1.0 / std)).repeat(B, 1, 1, 1, 1)
         mask = torch.zeros(B, self.vae_scale_temporal, T, h, w, device=self.device)
@@ -357,26 +341,8 @@ def _image_to_tensor(image: Image.Image, height: int, width: int) -> torch.Tenso
 # loading
 
 
-def _dummy_components(preset: str, device, dtype, attn_op, kernel_backend: str) -> WanComponents:
-    """The built-in architecture `preset` with random weights and a stand-in tokenizer: nothing downloaded."""
-    image_preset = presets.IMAGE_ENCODER_PRESETS.get(preset)
-    return WanComponents(
-        transformer=load_wan_transformer(presets.transformer_preset(preset), None, dtype, device, attn_op, kernel_backend),
-        vae=load_autoencoder_kl_wan(presets.vae_preset(preset), None, dtype, device, kernel_backend),
-        text_encoder=UMT5TextEncoder.dummy(presets.TEXT_ENCODER_PRESETS[preset], dtype, device),
-        image_encoder=CLIPVisionEncoder.dummy(image_preset, dtype, device) if image_preset else None,
-        scheduler_config=presets.scheduler_preset(preset),
-        video_defaults=presets.VIDEO_DEFAULTS[preset],
-    )
-
-
 def _scheduler_config(folder: str):
-    path = os.path.join(folder, "scheduler", "scheduler_config.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"cannot read the scheduler config {path!r}: {e}") from None
+    data, path = read_scheduler_json(folder)
     name = data.get("_class_name")
     if name not in _SCHEDULERS:
         raise ValueError(f"scheduler {name!r} in {path!r} is not supported; supported: {', '.join(sorted(_SCHEDULERS))}")
@@ -384,20 +350,3 @@ def _scheduler_config(folder: str):
     if getattr(config, "use_dynamic_shifting", False):
         raise ValueError(f"{path!r}: use_dynamic_shifting needs a resolution-dependent mu, which Wan pipelines do not pass")
     return config
-
-
-def _folder_components(folder: str, device, dtype, attn_op, kernel_backend: str) -> WanComponents:
-    """Every component from its subfolder of a diffusers Wan pipeline folder, weights strictly checked."""
-    sub = lambda name: os.path.join(folder, name)  # noqa: E731
-    t_config = WanTransformerConfig.from_dict(read_config(sub("transformer")))
-    has_image_encoder = os.path.isdir(sub("image_encoder"))
-    return WanComponents(
-        transformer=load_wan_transformer(t_config, sub("transformer"), dtype, device, attn_op, kernel_backend),
-        vae=load_autoencoder_kl_wan(
-            WanVAEConfig.from_dict(read_config(sub("vae"))), sub("vae"), dtype, device, kernel_backend
-        ),
-        text_encoder=UMT5TextEncoder.from_pretrained(folder, dtype, device),
-        image_encoder=CLIPVisionEncoder.from_pretrained(folder, dtype, device) if has_image_encoder else None,
-        scheduler_config=_scheduler_config(folder),
-        video_defaults=presets.WAN_VIDEO_DEFAULTS,
-    )
