@@ -81,7 +81,7 @@ __global__ void __launch_bounds__(kVecRowThreads) modulated_layer_norm_kernel(Mo
       float v[kVecElems], res[kVecElems], g[kVecElems];
       unpack8<T>(v_raw[i], v);
       unpack8<T>(res_raw[i], res);
-      load8(gate + c * kVecElems, g);
+      load8_readonly(gate + c * kVecElems, g);
 #pragma unroll
       for (int e = 0; e < kVecElems; ++e) v[e] = res[e] + g[e] * v[e];
       v_raw[i] = pack8<T>(v);  // r rounded to T: the norm below reads the rounded r, as the reference
@@ -123,8 +123,8 @@ __global__ void __launch_bounds__(kVecRowThreads) modulated_layer_norm_kernel(Mo
     if (!(row_ok && c < chunks)) continue;
     float v[kVecElems], sh[kVecElems], sc[kVecElems];
     unpack8<T>(v_raw[i], v);
-    load8(shift + c * kVecElems, sh);
-    load8(scale + c * kVecElems, sc);
+    load8_readonly(shift + c * kVecElems, sh);
+    load8_readonly(scale + c * kVecElems, sc);
 #pragma unroll
     for (int e = 0; e < kVecElems; ++e) v[e] = (v[e] - mean) * rstd * (1.f + sc[e]) + sh[e];
     store8(p.y_out + row_offset + c * kVecElems, v);

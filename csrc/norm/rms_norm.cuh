@@ -60,7 +60,7 @@ __global__ void __launch_bounds__(kVecRowThreads) rms_norm_kernel(RmsNormParams<
     unpack8<T>(v_raw[i], v);
     if (p.weight != nullptr) {
       float w[kVecElems];
-      load8(p.weight + c * kVecElems, w);
+      load8_readonly(p.weight + c * kVecElems, w);
 #pragma unroll
       for (int e = 0; e < kVecElems; ++e) v[e] = v[e] * inv_rms * w[e];
     } else {
