@@ -6,16 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 
+from _norm_testing import GPU_DIMS, GPU_TOKENS, ROW_LAYOUT_DIMS, chunked_mods, expand_mod, layer_norm_modulate_truth
 from _op_testing import assert_within_torch_error, check_compile_and_graph, poison_cuda_allocator, run_under_interpreter
 from fastdit.ops import gated_residual_norm_modulate
 from fastdit.ops.gated_residual_norm_modulate import gated_residual_norm_modulate_ref
-from test_layer_norm_modulate import _expand, chunked_mods, truth as ln_truth
 
 
 def truth(residual, x, gate, shift, scale, eps=1e-6):
     """float64 r, and y from the r rounded to residual's dtype (as the op defines it)."""
-    r = residual.double() + _expand(gate) * x.double()
-    return r, ln_truth(r.to(residual.dtype), shift, scale, eps)
+    r = residual.double() + expand_mod(gate) * x.double()
+    return r, layer_norm_modulate_truth(r.to(residual.dtype), shift, scale, eps)
 
 
 def _check(backend, residual, x, gate, shift, scale, what):
@@ -65,8 +65,8 @@ def test_argument_errors_name_op_and_argument():
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("seq", [1, 77, 4608, 32760])
-@pytest.mark.parametrize("dim", [64, 1536, 3072, 5120])
+@pytest.mark.parametrize("seq", GPU_TOKENS)
+@pytest.mark.parametrize("dim", GPU_DIMS)
 def test_gpu_matches_reference_with_chunk_views(backend, dtype, seq, dim):
     torch.manual_seed(seq + dim)
     batch = 2  # with one sample a [1, D] chunk view would be contiguous
@@ -78,10 +78,8 @@ def test_gpu_matches_reference_with_chunk_views(backend, dtype, seq, dim):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
-@pytest.mark.parametrize("dim", [8, 200, 1000, 8192])
+@pytest.mark.parametrize("dim", ROW_LAYOUT_DIMS)
 def test_gpu_every_row_layout(backend, dim):
-    # One-thread rows (8), 32-lane rows with idle lanes (200), 128-thread rows with idle threads (1000),
-    # 1024-thread rows (8192); 19 tokens leave a partial block.
     torch.manual_seed(dim)
     residual, x = torch.randn(2, 2, 19, dim, dtype=torch.bfloat16, device="cuda")
     shift, scale, gate, *_ = chunked_mods(2, dim, torch.bfloat16, "cuda")

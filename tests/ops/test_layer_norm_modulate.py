@@ -6,25 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from _norm_testing import GPU_DIMS, GPU_TOKENS, ROW_LAYOUT_DIMS, chunked_mods
+from _norm_testing import layer_norm_modulate_truth as truth
 from _op_testing import assert_within_torch_error, check_compile_and_graph, poison_cuda_allocator, run_under_interpreter
 from fastdit.ops import layer_norm_modulate
 from fastdit.ops.layer_norm_modulate import layer_norm_modulate_ref
-
-
-def _expand(mod: torch.Tensor) -> torch.Tensor:
-    return mod.double().unsqueeze(1) if mod.dim() == 2 else mod.double()
-
-
-def truth(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    xd = x.double()
-    mean = xd.mean(-1, keepdim=True)
-    var = ((xd - mean) ** 2).mean(-1, keepdim=True)
-    return (xd - mean) / torch.sqrt(var + eps) * (1 + _expand(scale)) + _expand(shift)
-
-
-def chunked_mods(batch: int, dim: int, dtype, device) -> list[torch.Tensor]:
-    """The six [B, D] strided views of temb.chunk(6, dim=1), as DiT blocks receive them."""
-    return list((torch.randn(batch, 6 * dim, dtype=dtype, device=device) * 0.5).chunk(6, dim=1))
 
 
 @pytest.mark.parametrize("per_token", [False, True])
@@ -70,8 +56,8 @@ def test_argument_errors_name_op_and_argument():
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("seq", [1, 77, 4608, 32760])
-@pytest.mark.parametrize("dim", [64, 1536, 3072, 5120])
+@pytest.mark.parametrize("seq", GPU_TOKENS)
+@pytest.mark.parametrize("dim", GPU_DIMS)
 def test_gpu_matches_reference_with_chunk_views(backend, dtype, seq, dim):
     torch.manual_seed(seq + dim)
     batch = 2  # with one sample a [1, D] chunk view would be contiguous
@@ -86,10 +72,8 @@ def test_gpu_matches_reference_with_chunk_views(backend, dtype, seq, dim):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
-@pytest.mark.parametrize("dim", [8, 200, 1000, 8192])
+@pytest.mark.parametrize("dim", ROW_LAYOUT_DIMS)
 def test_gpu_every_row_layout(backend, dim):
-    # One-thread rows (8), 32-lane rows with idle lanes (200), 128-thread rows with idle threads (1000),
-    # 1024-thread rows (8192); 19 tokens leave a partial block.
     torch.manual_seed(dim)
     x = torch.randn(2, 19, dim, dtype=torch.bfloat16, device="cuda") * 2 + 0.5
     shift, scale, *_ = chunked_mods(2, dim, torch.bfloat16, "cuda")
