@@ -2,7 +2,7 @@
 //
 // A row of `chunks` 16-byte vectors (8 half-precision elements each) is spread over threads_per_row <= 128
 // threads, thread t holding chunks t, t + threads_per_row, ... (`vecs` of them, a template argument so
-// that they live in registers). A block is one row of 65-128 threads, or several narrower rows.
+// that they live in registers). A block is 128 threads: one row, or several narrower rows.
 //
 // Why this shape (H100, 2026-11-24, scratch experiment of 18 layouts x 3 cache hints, bf16, cold L2,
 // times against cudaMemcpy of the same bytes): one vector per thread in rows of 384-640 threads reached
@@ -26,25 +26,37 @@ constexpr int kVecRowMaxVecs = 8;    // 128 threads x 8 vectors x 8 elements = k
 
 struct VecRowLayout {
   int vecs;             // vectors per thread: 1, 2, 3, 4, 5, 6 or 8 (the instantiated kernels)
-  int threads_per_row;  // a power of two below 32, else a multiple of 32 (whole warps), <= 128
+  int threads_per_row;  // a power of two, <= 128
   int rows_per_block;
   int block_threads() const { return threads_per_row * rows_per_block; }
 };
 
-// The fewest vectors per thread that fit the row in at most 128 threads, rounded up to an instantiated
-// count (7 -> 8). chunks <= 1024 (dim <= 8192, checked by the exports).
+// Rows of at most 32 chunks: one vector per thread, threads_per_row the next power of two, several rows per
+// block. Wider rows: threads_per_row 128, 64 or 32 (whole warps, a power of two) and vecs = chunks /
+// threads_per_row rounded up (7 -> 8, at most 8), the choice that leaves the fewest thread slots idle,
+// ties to more threads. Not 96 threads: the H100 run of 705c465 (scratch experiment on the production
+// kernels, 2026-11-24) had layer_norm_modulate at Wan-1.3B rows (192 chunks) at 86.8% of a same-size copy
+// in rows of 96 threads x 2 vectors and 96.6% in 64 x 3 (rms_norm and the gated norm: equal within 1%).
+// chunks <= 1024 (dim <= 8192, checked by the exports).
 inline VecRowLayout make_vec_row_layout(int64_t chunks) {
-  int vecs = int((chunks + kVecRowThreads - 1) / kVecRowThreads);
-  if (vecs < 1) vecs = 1;
-  if (vecs == 7) vecs = 8;
-  const int64_t per_thread_chunks = (chunks + vecs - 1) / vecs;
-  int tpr = 1;
-  if (per_thread_chunks <= 32) {
-    while (tpr < per_thread_chunks) tpr *= 2;
-  } else {
-    tpr = int((per_thread_chunks + 31) / 32 * 32);
+  if (chunks <= 32) {
+    int tpr = 1;
+    while (tpr < chunks) tpr *= 2;
+    return {1, tpr, kVecRowThreads / tpr};
   }
-  return {vecs, tpr, tpr >= kVecRowThreads ? 1 : kVecRowThreads / tpr};
+  VecRowLayout best{kVecRowMaxVecs, kVecRowThreads, 1};
+  int64_t best_idle = -1;
+  for (int tpr = kVecRowThreads; tpr >= 32; tpr /= 2) {
+    int vecs = int((chunks + tpr - 1) / tpr);
+    if (vecs == 7) vecs = 8;
+    if (vecs > kVecRowMaxVecs) break;
+    const int64_t idle = int64_t(vecs) * tpr - chunks;
+    if (best_idle < 0 || idle < best_idle) {
+      best = {vecs, tpr, kVecRowThreads / tpr};
+      best_idle = idle;
+    }
+  }
+  return best;
 }
 
 // Chan's merge of two partial (count, mean, M2 = sum of squared deviations) statistics: exact in real
