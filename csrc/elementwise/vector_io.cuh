@@ -57,9 +57,9 @@ __device__ __forceinline__ uint4 load_raw(const T* p) {
 }
 
 // The same through the read-only (non-coherent) data path: for vectors every row of a kernel re-reads
-// (weights, per-sample shift/scale/gate) and that nothing writes while it runs. H100, 2026-11-24: in the
-// same row layout, layer_norm_modulate at Wan-1.3B rows reached 98.7% of a same-size copy in a scratch
-// experiment that read them so, and 88% in bench/ops.py with plain loads (commit 705c465).
+// (weights, per-sample shift/scale/gate) and that nothing writes while it runs. On the H100 (2026-11-24,
+// bench/ops.py at 4bd6302 against 705c465) it made no measurable difference to the norm kernels: the
+// layer_norm_modulate gap it was tried for came from the row layout (row_vectors.cuh).
 template <typename T>
 __device__ __forceinline__ uint4 load_raw_readonly(const T* p) {
   return __ldg(reinterpret_cast<const uint4*>(p));
