@@ -2,6 +2,7 @@
 
     python bench/e2e_wan.py --json e2e_wan.json                   # the default plan, about 5 minutes on an H100
     python bench/e2e_wan.py --cases 1.3B@480x832 --vae-sizes 480x832 --e2e-steps 0     # about a minute
+    python bench/e2e_wan.py --cases 1.3B@480x832 --vae-sizes --e2e-steps 0 --profile-top 25   # + per-kernel time
 
 Sections, in this order (bf16, 81 frames, full-size architectures with random weights, --load-format dummy):
   dit   per MODEL@HxW case: ONE DiT pass at batch 1 (the issue's unit; fastdit vs diffusers), fastdit's CFG
@@ -139,13 +140,19 @@ def bench_dit(case: str, args, device) -> dict:
         # a batch-2 pass of a model already warmed at batch 1: no untimed call once a step takes seconds
         cfg = measure(ours_cfg_step, budget, args.iters, warmup=int(2 * o["ms"] < 2000))
         cfg.pop("out")
-    return {"section": "dit", "case": case, "frames": args.frames, "tokens": shape[2] * shape[3] * shape[4] // 4,
+    row = {"section": "dit", "case": case, "frames": args.frames, "tokens": shape[2] * shape[3] * shape[4] // 4,
             "attention_backend": attn_op.backend, "diffusers_sdpa": args.diffusers_sdpa,
             "pass_ms": {"fastdit": o["ms"], "diffusers": r["ms"]}, "target_pass_ms": PASS_TARGET_MS.get(case),
             "cfg_step_ms": {"fastdit": cfg["ms"], "diffusers_2x_pass": 2 * r["ms"]},
             "peak_gib": {"fastdit_pass": o["peak_gib"], "diffusers_pass": r["peak_gib"],
                          "fastdit_cfg_step": cfg["peak_gib"]},
             "iters": {"fastdit": o["iters"], "diffusers": r["iters"], "cfg": cfg["iters"]}, "rel_l2_vs_diffusers": rel}
+    if args.profile_top > 0:  # where one of our passes spends its GPU time, per kernel
+        from e2e_flux import kernel_breakdown, print_breakdown
+
+        row["kernel_breakdown"] = kernel_breakdown(ours_pass, device, args.profile_top)
+        print_breakdown(row["kernel_breakdown"])
+    return row
 
 
 def bench_vae(size: str, args, device) -> dict:
@@ -270,6 +277,8 @@ def main() -> None:
     parser.add_argument("--kernel-backend", default="auto")
     parser.add_argument("--diffusers-sdpa", choices=["default", "cudnn", "flash"], default="default",
                         help="diffusers' attention: torch's SDPA choice (cuDNN on an H100), or one forced")
+    parser.add_argument("--profile-top", type=int, default=0,
+                        help="also profile one fastdit pass per DiT case and list this many kernels (0: off)")
     parser.add_argument("--max-seconds", type=float, default=380.0, help="the whole plan's wall-clock budget")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
