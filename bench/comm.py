@@ -98,10 +98,19 @@ def bench_plan(args, device, flush) -> dict:
         return attention(q, k, v)
 
     model.set_attn_op(op)
-    plain_ms = timed_ms(lambda: model(**kw), device, args.steps, flush)
-    planned = SequenceParallelFlux(model, single_process_groups(device), op)
-    plan_ms = timed_ms(lambda: planned(**kw), device, args.steps, flush)
-    return dict(model=args.model, tokens=S, plain_ms=plain_ms, plan_ms=plan_ms, overhead=plan_ms / plain_ms - 1)
+    planned_model = SequenceParallelFlux(model, single_process_groups(device), op)  # sets USPAttention
+    usp_op = model.transformer_blocks[0].attn_op
+    # Alternate the two in rounds, so that clock drift over the run (the GPU warming up) weighs on both
+    # alike; the median of the rounds' medians is reported. The plain rounds put the plain op back.
+    plain_rounds, plan_rounds = [], []
+    for _ in range(args.rounds):
+        model.set_attn_op(op)
+        plain_rounds.append(timed_ms(lambda: model(**kw), device, args.steps, flush))
+        model.set_attn_op(usp_op)
+        plan_rounds.append(timed_ms(lambda: planned_model(**kw), device, args.steps, flush))
+    plain_ms, plan_ms = statistics.median(plain_rounds), statistics.median(plan_rounds)
+    return dict(model=args.model, tokens=S, plain_ms=plain_ms, plan_ms=plan_ms, overhead=plan_ms / plain_ms - 1,
+                plain_rounds_ms=plain_rounds, plan_rounds_ms=plan_rounds)
 
 
 def main() -> None:
@@ -115,6 +124,7 @@ def main() -> None:
     p.add_argument("--model", default="FLUX.1-dev")
     p.add_argument("--flux-tokens", type=int, default=4096)
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=3, help="alternating plain/plan rounds of --steps each")
     p.add_argument("--json", default=None, help="write the rows here")
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
