@@ -1,10 +1,14 @@
 """qk_norm_rope: reference vs float64 formula (both styles, all norms), Triton on the CPU interpreter,
-argument checks (CPU); CUDA and Triton vs reference at FLUX/Wan head layouts, in place inside a fused QKV
-buffer, compile and graphs (GPU)."""
+argument checks, the interleaved CUDA kernel's row layouts (a host program built with nvcc) (CPU); CUDA
+and Triton vs reference at FLUX/Wan head layouts and every row layout of the interleaved kernel, in place
+inside a fused QKV buffer, compile and graphs (GPU)."""
 
 from __future__ import annotations
 
 import math
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -92,6 +96,59 @@ def test_argument_errors_name_op_and_argument():
         qk_norm_rope(q, k[:, :3], qw, kw, cos, sin)
 
 
+# Simulates make_vec_row_layout's chunk assignment (thread t of a row holds chunks t, t + tpr, ...) for
+# every row the CUDA export takes (heads >= 1, head_dim 64/128/256, heads * head_dim <= 8192) and checks
+# what the interleaved kernel relies on: at every vector slot, each aligned group of head_dim/8 lanes holds
+# one whole head in order or nothing (its per-head sum is a shuffle over that group), a thread's chunks
+# all sit at place t % (head_dim/8) of their heads (one cos/sin and weight chunk per thread), and every
+# chunk of every row of a block is held exactly once. Prints the failing shapes, exits 1 on any.
+_LAYOUT_CHECK_CU = r"""
+#include <cstdio>
+#include <vector>
+#include "norm/row_vectors.cuh"
+int main() {
+  int bad = 0;
+  for (int head_dim : {64, 128, 256}) {
+    const int cph = head_dim / 8;
+    for (int heads = 1; heads * head_dim <= 8192; ++heads) {
+      const int chunks = heads * cph;
+      const fastdit::VecRowLayout L = fastdit::make_vec_row_layout(chunks);
+      const int tpr = L.threads_per_row;
+      bool ok = cph <= 32 && L.block_threads() <= fastdit::kVecRowThreads;
+      std::vector<int> held(chunks, 0);
+      for (int tid = 0; tid < L.block_threads(); ++tid) {
+        const int t = tid % tpr, lane = tid % 32, tid0 = tid - lane + lane / cph * cph, t0 = tid0 % tpr;
+        ok = ok && tid0 / tpr == tid / tpr;  // the lane group stays inside one row
+        for (int i = 0; i < L.vecs; ++i) {
+          const int c = t + i * tpr, c0 = t0 + i * tpr;
+          ok = ok && (c < chunks) == (c0 < chunks);
+          if (c >= chunks) continue;
+          ++held[c];
+          ok = ok && c0 % cph == 0 && c == c0 + (tid - tid0) && c % cph == t % cph;
+        }
+      }
+      for (int c = 0; c < chunks; ++c) ok = ok && held[c] == L.rows_per_block;
+      if (!ok) printf("heads %d head_dim %d: %d threads x %d vectors\n", heads, head_dim, tpr, L.vecs);
+      bad += !ok;
+    }
+  }
+  return bad != 0;
+}
+"""
+
+
+def test_interleaved_kernel_row_layouts_keep_heads_in_lane_groups(tmp_path):
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("nvcc not found: the layout check is a host program built with it")
+    csrc = Path(__file__).resolve().parents[2] / "csrc"
+    source, binary = tmp_path / "layout_check.cu", tmp_path / "layout_check"
+    source.write_text(_LAYOUT_CHECK_CU)
+    subprocess.run([nvcc, "-std=c++17", f"-I{csrc}", "-o", str(binary), str(source)], check=True, timeout=300)
+    result = subprocess.run([str(binary)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, f"rows whose heads do not sit in aligned lane groups:\n{result.stdout}"
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -116,6 +173,35 @@ def test_gpu_odd_head_layouts(backend, style, norm, heads, head_dim):
     torch.manual_seed(heads * head_dim)
     case = make_case(2, 19, heads, head_dim, norm, torch.bfloat16, "cuda")
     _check(backend, *case, style, norm, f"{backend} {style} {norm} H={heads} D={head_dim}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("norm", ["per_head", "across_heads", "none"])
+@pytest.mark.parametrize(
+    "heads,head_dim",
+    [(1, 64), (1, 128), (1, 256), (5, 64), (7, 128), (9, 256), (30, 64), (86, 64), (100, 64)],
+)
+def test_gpu_interleaved_row_layouts(dtype, norm, heads, head_dim):
+    # The interleaved CUDA kernel's row layouts (csrc/norm/row_vectors.cuh, threads x vectors per row)
+    # that the grids above do not reach: 8-, 16- and 32-thread rows of one head (16, 8 and 4 rows per
+    # block; 32 lanes = one 256-wide head), 64 threads x 1 with 24 idle (5x64), 128 x 1 with 16 idle
+    # (7x128), 64 x 5 with 32-lane heads (9x256), 128 x 2 (30x64), 128 x 6 (86x64), 128 x 8 with 224
+    # idle slots (100x64). 19 tokens over batch 2 leave a partial block.
+    torch.manual_seed(heads * head_dim + 1)
+    case = make_case(2, 19, heads, head_dim, norm, dtype, "cuda")
+    _check("cuda", *case, "interleaved", norm, f"cuda {dtype} {norm} H={heads} D={head_dim}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_gpu_norm_without_k_weight(backend):
+    # k_weight None with a norm: k is scaled by its rms factor alone, q by factor times weight.
+    torch.manual_seed(7)
+    for norm in ("per_head", "across_heads"):
+        for style in ("interleaved", "half"):
+            q, k, qw, _, cos, sin = make_case(2, 19, 12, 128, norm, torch.bfloat16, "cuda")
+            _check(backend, q, k, qw, None, cos, sin, style, norm, f"{backend} {style} {norm} no k weight")
 
 
 @pytest.mark.gpu
