@@ -7,7 +7,8 @@
 // chunk, up to 1024. One vector per thread keeps registers low (full occupancy: 2048 threads, each with
 // its loads in flight, per SM); measured on the H100 (2026-11-24), 4 vectors per thread at 256 threads
 // per row reached 1.9-2.3 TB/s on Wan-14B rows, against 3.0 TB/s for a copy.
-// Used by qk_norm_rope (a row there is one token's heads); row_sum also by rms_norm (row_vectors.cuh).
+// Used by qk_norm_rope's "half" style (a row there is one token's heads); row_sum and group_sum also by
+// the register-row kernels (row_vectors.cuh).
 #pragma once
 
 #include <cstdint>

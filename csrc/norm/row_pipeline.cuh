@@ -1,5 +1,6 @@
-// Persistent, software-pipelined row loop, used by qk_norm_rope (the norm kernels moved to
-// row_vectors.cuh: several vectors per thread in registers measured faster for them).
+// Persistent, software-pipelined row loop, used by qk_norm_rope's "half" style (the norms and the
+// interleaved qk_norm_rope moved to row_vectors.cuh: several vectors per thread in registers measured
+// faster for them).
 //
 // Why: with one block per row, a block loads its row, then spends the rest of its life in two block-wide
 // reductions and the store, with nothing in flight; a copy keeps the memory system busy all the time.
