@@ -60,24 +60,14 @@ __global__ void __launch_bounds__(kVecRowThreads) modulated_layer_norm_kernel(Mo
 
   // The row stays packed in registers (v_raw: x, or r once the gated residual is applied). x and residual
   // are loaded first, all of them, so that every load of the thread is in flight at once.
+  auto each_vec = [&](auto&& fn) { for_each_vec<kVecs>(t, layout.threads_per_row, chunks, row_ok, fn); };
   uint4 v_raw[kVecs];
-#pragma unroll
-  for (int i = 0; i < kVecs; ++i) {
-    const int c = t + i * layout.threads_per_row;
-    if (row_ok && c < chunks) v_raw[i] = load_raw(p.x + row_offset + c * kVecElems);
-  }
+  each_vec([&](int i, int c) { v_raw[i] = load_raw(p.x + row_offset + c * kVecElems); });
   if constexpr (kHasResidual) {
     uint4 res_raw[kVecs];
-#pragma unroll
-    for (int i = 0; i < kVecs; ++i) {
-      const int c = t + i * layout.threads_per_row;
-      if (row_ok && c < chunks) res_raw[i] = load_raw(p.residual + row_offset + c * kVecElems);
-    }
+    each_vec([&](int i, int c) { res_raw[i] = load_raw(p.residual + row_offset + c * kVecElems); });
     const T* gate = p.gate.at(b, s);
-#pragma unroll
-    for (int i = 0; i < kVecs; ++i) {
-      const int c = t + i * layout.threads_per_row;
-      if (!(row_ok && c < chunks)) continue;
+    each_vec([&](int i, int c) {
       float v[kVecElems], res[kVecElems], g[kVecElems];
       unpack8<T>(v_raw[i], v);
       unpack8<T>(res_raw[i], res);
@@ -86,41 +76,32 @@ __global__ void __launch_bounds__(kVecRowThreads) modulated_layer_norm_kernel(Mo
       for (int e = 0; e < kVecElems; ++e) v[e] = res[e] + g[e] * v[e];
       v_raw[i] = pack8<T>(v);  // r rounded to T: the norm below reads the rounded r, as the reference
       *reinterpret_cast<uint4*>(p.r_out + row_offset + c * kVecElems) = v_raw[i];
-    }
+    });
   }
 
   float n = 0.f, sum = 0.f;
-#pragma unroll
-  for (int i = 0; i < kVecs; ++i) {
-    const int c = t + i * layout.threads_per_row;
-    if (!(row_ok && c < chunks)) continue;
+  each_vec([&](int i, int) {
     float v[kVecElems];
     unpack8<T>(v_raw[i], v);
 #pragma unroll
     for (int e = 0; e < kVecElems; ++e) sum += v[e];
     n += float(kVecElems);
-  }
+  });
   float mean = n > 0.f ? sum / n : 0.f;
   float m2 = 0.f;
-#pragma unroll
-  for (int i = 0; i < kVecs; ++i) {
-    const int c = t + i * layout.threads_per_row;
-    if (!(row_ok && c < chunks)) continue;
+  each_vec([&](int i, int) {
     float v[kVecElems];
     unpack8<T>(v_raw[i], v);
 #pragma unroll
     for (int e = 0; e < kVecElems; ++e) m2 += (v[e] - mean) * (v[e] - mean);
-  }
+  });
   row_stats(n, mean, m2, layout.threads_per_row, scratch);
   const float rstd = rsqrtf(m2 / float(p.dim) + p.eps);
 
   // shift and scale: one vector per sample (L2-resident) or per token, read where they lie.
   const T* shift = p.shift.at(b, s);
   const T* scale = p.scale.at(b, s);
-#pragma unroll
-  for (int i = 0; i < kVecs; ++i) {
-    const int c = t + i * layout.threads_per_row;
-    if (!(row_ok && c < chunks)) continue;
+  each_vec([&](int i, int c) {
     float v[kVecElems], sh[kVecElems], sc[kVecElems];
     unpack8<T>(v_raw[i], v);
     load8_readonly(shift + c * kVecElems, sh);
@@ -128,7 +109,7 @@ __global__ void __launch_bounds__(kVecRowThreads) modulated_layer_norm_kernel(Mo
 #pragma unroll
     for (int e = 0; e < kVecElems; ++e) v[e] = (v[e] - mean) * rstd * (1.f + sc[e]) + sh[e];
     store8(p.y_out + row_offset + c * kVecElems, v);
-  }
+  });
 }
 
 template <typename T, bool kHasResidual>

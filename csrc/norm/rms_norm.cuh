@@ -34,28 +34,19 @@ __global__ void __launch_bounds__(kVecRowThreads) rms_norm_kernel(RmsNormParams<
   const bool row_ok = row < p.rows;
   const int chunks = int(p.dim / kVecElems);
   const T* x = p.x + (row_ok ? row : 0) * p.x_row_stride;
+  auto each_vec = [&](auto&& fn) { for_each_vec<kVecs>(t, layout.threads_per_row, chunks, row_ok, fn); };
   uint4 v_raw[kVecs];
-#pragma unroll
-  for (int i = 0; i < kVecs; ++i) {
-    const int c = t + i * layout.threads_per_row;
-    if (row_ok && c < chunks) v_raw[i] = load_raw(x + c * kVecElems);
-  }
+  each_vec([&](int i, int c) { v_raw[i] = load_raw(x + c * kVecElems); });
   float sum_sq = 0.f;
-#pragma unroll
-  for (int i = 0; i < kVecs; ++i) {
-    const int c = t + i * layout.threads_per_row;
-    if (!(row_ok && c < chunks)) continue;
+  each_vec([&](int i, int) {
     float v[kVecElems];
     unpack8<T>(v_raw[i], v);
 #pragma unroll
     for (int e = 0; e < kVecElems; ++e) sum_sq += v[e] * v[e];
-  }
+  });
   const float inv_rms = rsqrtf(row_sum(sum_sq, layout.threads_per_row, scratch) / float(p.dim) + p.eps);
   T* out = p.out + row * p.dim;
-#pragma unroll
-  for (int i = 0; i < kVecs; ++i) {
-    const int c = t + i * layout.threads_per_row;
-    if (!(row_ok && c < chunks)) continue;
+  each_vec([&](int i, int c) {
     float v[kVecElems];
     unpack8<T>(v_raw[i], v);
     if (p.weight != nullptr) {
@@ -68,7 +59,7 @@ __global__ void __launch_bounds__(kVecRowThreads) rms_norm_kernel(RmsNormParams<
       for (int e = 0; e < kVecElems; ++e) v[e] *= inv_rms;
     }
     store8(out + c * kVecElems, v);
-  }
+  });
 }
 
 template <typename T>

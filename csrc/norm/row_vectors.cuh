@@ -100,6 +100,17 @@ __device__ __forceinline__ void row_stats(float& n, float& mean, float& m2, int 
   __syncthreads();  // scratch is reused by the next row
 }
 
+// Calls fn(i, c) for each of this thread's vectors i < kVecs whose chunk c = t + i * threads_per_row lies
+// in the row (row_ok and c < chunks): the loop a register-row kernel runs over its row, unrolled.
+template <int kVecs, typename Fn>
+__device__ __forceinline__ void for_each_vec(int t, int threads_per_row, int chunks, bool row_ok, Fn&& fn) {
+#pragma unroll
+  for (int i = 0; i < kVecs; ++i) {
+    const int c = t + i * threads_per_row;
+    if (row_ok && c < chunks) fn(i, c);
+  }
+}
+
 // Calls fn(std::integral_constant<int, V>) with the layout's vector count as a compile-time constant.
 template <typename Fn>
 inline void dispatch_vecs(int vecs, Fn&& fn) {
