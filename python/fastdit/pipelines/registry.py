@@ -1,6 +1,7 @@
 """Pipeline recipes by diffusers pipeline class name (model_index.json's "_class_name").
 
-A recipe is a class with this shape (pipelines/flux.py is the example):
+A recipe is a class with this shape (pipelines/recipe.py's Recipe base implements it; pipelines/flux.py and
+wan.py subclass it):
 
     class Recipe:
         task: str                      # "text-to-image" | "text-to-video" | "image-to-video"
