@@ -3,6 +3,8 @@
 //
 //   fastdit_attention_fwd(args, device, stream): validate -> device guard -> stream -> dtype/head-dim
 //   dispatch -> launch -> check the launch error.
+//   fastdit_attention_fwd_workspace(args, device, floats, flags): the scratch the split tail of that
+//   launch would use (0 floats: none); Python allocates it and zeroes the flags before each launch.
 #include <cuda_runtime.h>
 
 #include <atomic>
@@ -28,6 +30,9 @@ struct FastditAttentionFwdArgs {
   int64_t v_strides[3];
   int64_t o_strides[3];
   float softmax_scale;
+  float* workspace;           // split-tail scratch (fastdit_attention_fwd_workspace's floats) or null
+  int32_t* workspace_flags;   // as many int32 zeros as that call said, or null
+  int64_t workspace_floats;
 };
 
 namespace {
@@ -68,6 +73,9 @@ FwdArguments to_arguments(const FastditAttentionFwdArgs& a, int num_sms) {
   r.o_batch_stride = a.o_strides[0]; r.o_row_stride = a.o_strides[1]; r.o_head_stride = a.o_strides[2];
   r.softmax_scale = a.softmax_scale;
   r.num_sms = num_sms;
+  r.workspace = a.workspace;
+  r.workspace_flags = a.workspace_flags;
+  r.workspace_floats = a.workspace != nullptr && a.workspace_flags != nullptr ? a.workspace_floats : 0;
   return r;
 }
 
@@ -79,6 +87,16 @@ cudaError_t dispatch_sm90(const FwdArguments& args, int dtype, cudaStream_t stre
   }
   return args.head_dim == 64 ? launch_attention_fwd_sm90<cutlass::half_t, 64>(args, stream)
                              : launch_attention_fwd_sm90<cutlass::half_t, 128>(args, stream);
+}
+
+int64_t workspace_sm90(const FwdArguments& args, int dtype) {
+  using namespace fastdit::attention::sm90;
+  if (dtype == FASTDIT_BFLOAT16) {
+    return args.head_dim == 64 ? attention_fwd_sm90_workspace_floats<cutlass::bfloat16_t, 64>(args)
+                               : attention_fwd_sm90_workspace_floats<cutlass::bfloat16_t, 128>(args);
+  }
+  return args.head_dim == 64 ? attention_fwd_sm90_workspace_floats<cutlass::half_t, 64>(args)
+                             : attention_fwd_sm90_workspace_floats<cutlass::half_t, 128>(args);
 }
 
 // Compute capability major and multiprocessor count, queried once per device (each query is a driver
@@ -124,4 +142,23 @@ FASTDIT_EXPORT int fastdit_attention_fwd(const FastditAttentionFwdArgs* args, in
     return fastdit::set_error(op, std::string("launch failed: ") + cudaGetErrorString(err), FASTDIT_ERROR_CUDA);
   }
   return fastdit::check_launch(op);
+}
+
+// The split-tail scratch of the launch `args` describes (its pointers are not read): *floats fp32 values
+// and *flags int32 flags (zeroed before each launch), both 0 when the launch would not split its tail.
+FASTDIT_EXPORT int fastdit_attention_fwd_workspace(const FastditAttentionFwdArgs* args, int device, int64_t* floats,
+                                                   int32_t* flags) {
+  const char* op = "fastdit_attention_fwd_workspace";
+  FASTDIT_REQUIRE(op, args != nullptr && floats != nullptr && flags != nullptr, "args, floats and flags must be non-null");
+  int major = 0, num_sms = 0;
+  if (!device_properties(device, &major, &num_sms)) {
+    cudaGetLastError();
+    return fastdit::set_error(op, "cannot query device " + std::to_string(device), FASTDIT_ERROR_CUDA);
+  }
+  *floats = 0;
+  *flags = 0;
+  if (major != 9 || (args->head_dim != 64 && args->head_dim != 128)) return FASTDIT_OK;
+  *floats = workspace_sm90(to_arguments(*args, num_sms), args->dtype);
+  *flags = *floats > 0 ? num_sms : 0;
+  return FASTDIT_OK;
 }

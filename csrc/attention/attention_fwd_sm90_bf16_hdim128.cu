@@ -4,4 +4,5 @@
 
 namespace fastdit::attention::sm90 {
 template cudaError_t launch_attention_fwd_sm90<cutlass::bfloat16_t, 128>(FwdArguments const&, cudaStream_t);
+template int64_t attention_fwd_sm90_workspace_floats<cutlass::bfloat16_t, 128>(FwdArguments const&);
 }  // namespace fastdit::attention::sm90

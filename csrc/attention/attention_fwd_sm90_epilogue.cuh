@@ -61,6 +61,74 @@ struct FwdEpilogue {
     }
   }
 
+  // Split tail (see the tile scheduler): a contribution is this thread's normalized O fragment and its
+  // 2 rows' LSE in the CTA's workspace slot, as float4 chunks interleaved over the consumer threads
+  // (chunk j of thread t at (slot * kChunks + j) * kThreads + t: coalesced), the LSE in the last
+  // chunk. The owner's thread t reads back exactly what the peer's thread t wrote (same fragment).
+  template <class FragO>
+  struct Partial {
+    static constexpr int kThreads = 2 * cutlass::NumThreadsPerWarpGroup;
+    static constexpr int kFrag = decltype(size(FragO{}))::value;
+    static_assert(kFrag % 4 == 0, "the O fragment is stored as float4 chunks");
+    static constexpr int kChunks = kFrag / 4 + 1;
+    static constexpr int kFloatsPerSlot = kChunks * 4 * kThreads;
+  };
+
+  // Writes the contribution, then counts this thread into the slot's flag (the owner waits for all
+  // kThreads). __threadfence orders the chunk stores before the count for any observer on the GPU.
+  template <class FragO>
+  __device__ static void store_partial(float4* workspace, int* flags, int slot, FragO const& tOrO,
+                                       float const (&lse)[2], int mma_thread_idx) {
+    using P = Partial<FragO>;
+    float4* dst = workspace + static_cast<int64_t>(slot) * P::kChunks * P::kThreads + mma_thread_idx;
+    CUTE_UNROLL
+    for (int j = 0; j < P::kFrag / 4; ++j) {
+      float const* v = tOrO.data() + 4 * j;  // register offsets: the owner indexes the same way
+      dst[j * P::kThreads] = make_float4(v[0], v[1], v[2], v[3]);
+    }
+    dst[(P::kChunks - 1) * P::kThreads] = make_float4(lse[0], lse[1], 0.f, 0.f);
+    __threadfence();
+    atomicAdd(flags + slot, 1);
+  }
+
+  // Merges the contributions of slots [first, last] into this thread's normalized O and LSE:
+  //   lse' = log(e^lse + e^lse_p),  O' = O e^(lse - lse') + O_p e^(lse_p - lse')   per row.
+  // Spins until each slot's flag counts every thread (acquire), and reads around L1 (ld.global.cg).
+  template <class FragO>
+  __device__ static void merge_partials(float4 const* workspace, int* flags, int first, int last, FragO& tOrO,
+                                        float (&lse)[2], int mma_thread_idx) {
+    using P = Partial<FragO>;
+    Tensor o = make_tensor(tOrO.data(), acc_layout_rowcol(tOrO.layout()));
+    for (int slot = first; slot <= last; ++slot) {
+      int count = 0;
+      do {
+        asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(count) : "l"(flags + slot) : "memory");
+      } while (count < P::kThreads);
+      float4 const* src = workspace + static_cast<int64_t>(slot) * P::kChunks * P::kThreads + mma_thread_idx;
+      float peer[P::kFrag];
+      CUTE_UNROLL
+      for (int j = 0; j < P::kFrag / 4; ++j) {
+        float4 const c = __ldcg(src + j * P::kThreads);
+        peer[4 * j] = c.x, peer[4 * j + 1] = c.y, peer[4 * j + 2] = c.z, peer[4 * j + 3] = c.w;
+      }
+      float4 const lse_peer = __ldcg(src + (P::kChunks - 1) * P::kThreads);
+      float const lp[2] = {lse_peer.x, lse_peer.y};
+      CUTE_UNROLL
+      for (int mi = 0; mi < 2; ++mi) {
+        float const m = fmaxf(lse[mi], lp[mi]);
+        if (m == -INFINITY) continue;  // both empty: nothing to add
+        float const a = expf(lse[mi] - m), b = expf(lp[mi] - m);
+        float const inv = 1.f / (a + b);
+        lse[mi] = m + logf(a + b);
+        CUTE_UNROLL
+        for (int ni = 0; ni < size<1>(o); ++ni) {
+          int const idx = o.layout()(mi, ni);
+          tOrO.data()[idx] = (tOrO.data()[idx] * a + peer[idx] * b) * inv;
+        }
+      }
+    }
+  }
+
   // A tile with no keys (seqlens_k[b] == 0): out = 0, lse = -inf (the empty sum).
   template <class FragO, class TiledMma>
   __device__ static void store_empty(Params const& p, FragO& tOrO, TiledMma const& tiled_mma,

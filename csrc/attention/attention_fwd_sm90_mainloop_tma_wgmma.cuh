@@ -2,8 +2,9 @@
 // warpgroups' wgmma + softmax loop (`mma`), FA3's recipe written for our fixed case
 // (non-causal, optional per-batch key lengths).
 //
-// Per query tile of kBlockM rows, key blocks are visited from the last (the only partial one, masked)
-// down to block 0. K and V have separate kStages-deep TMA pipelines; V of block n is loaded one step
+// Per query tile of kBlockM rows, key blocks [n_begin, n_end) are visited from the last (the only one
+// that can be partial, masked) down to n_begin (a whole tile: n_begin = 0, n_end = its block count;
+// a segment of the split tail: part of that range, see the tile scheduler). K and V have separate kStages-deep TMA pipelines; V of block n is loaded one step
 // after K of block n because the consumer uses it one step later ("intra-warpgroup overlap"):
 //
 //   S_n   = Q K_n^T                       (wgmma SS, issued async)
@@ -141,10 +142,10 @@ struct FwdMainloop {
   }
 
   // Producer: one warp. Lane 0 (the pipelines' leader thread) issues every TMA; the whole warp joins
-  // the QueryEmpty barrier. Returns after issuing all loads of this tile.
+  // the QueryEmpty barrier. Returns after issuing all loads of key blocks [n_begin, n_end) of this tile.
   __device__ void load(Params const& p, MainloopPipeline& pipeline_k, MainloopPipeline& pipeline_v,
                        PipelineState& write, uint64_t& barrier_q, TensorStorage& smem, TileCoord tile,
-                       int n_blocks) {
+                       int n_begin, int n_end) {
     Tensor sQ = make_tensor(make_smem_ptr(smem.smem_q.data()), SmemLayoutQ{});
     Tensor sK = make_tensor(make_smem_ptr(smem.smem_k.data()), SmemLayoutK{});
     Tensor sVt = make_tensor(make_smem_ptr(smem.smem_v.data()), SmemLayoutVt{});
@@ -178,7 +179,7 @@ struct FwdMainloop {
            tVgV(_, n), tVsV(_, state.index()));
     };
 
-    int n = n_blocks - 1;
+    int n = n_end - 1;
     if (leader) load_k(n, write);
     // Q may be overwritten only once both consumer warpgroups finished the previous tile's Q K^T.
     cutlass::arch::NamedBarrier::sync(kNumMmaThreads + cutlass::NumThreadsPerWarp,
@@ -187,7 +188,7 @@ struct FwdMainloop {
       cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&barrier_q, kTmaBytesQ);
       copy(p.tma_q.with(barrier_q, 0, TMA::CacheHintSm90::EVICT_FIRST), tQgQ, tQsQ);
     }
-    for (--n; n >= 0; --n) {
+    for (--n; n >= n_begin; --n) {
       PipelineState write_v = write;  // V runs one block behind K
       ++write;
       if (leader) {
@@ -195,16 +196,16 @@ struct FwdMainloop {
         load_v(n + 1, write_v);
       }
     }
-    if (leader) load_v(0, write);
+    if (leader) load_v(n_begin, write);
     ++write;
   }
 
-  // Consumer warpgroup: S = Q K^T, online softmax, O += P V over all key blocks of the tile.
-  // Returns the softmax state (row max, thread-partial row sums); O is unnormalized.
+  // Consumer warpgroup: S = Q K^T, online softmax, O += P V over key blocks [n_begin, n_end) of the
+  // tile. Returns the softmax state (row max, thread-partial row sums); O is unnormalized.
   template <class FragO, class Softmax>
   __device__ void mma(Params const& p, MainloopPipeline& pipeline_k, MainloopPipeline& pipeline_v,
                       PipelineState& read, uint64_t& barrier_q, int q_phase, TensorStorage& smem,
-                      FragO& tOrO, Softmax& softmax, int mma_thread_idx, int n_blocks, int seqlen_k) {
+                      FragO& tOrO, Softmax& softmax, int mma_thread_idx, int n_begin, int n_end, int seqlen_k) {
     Tensor sQ = make_tensor(make_smem_ptr(smem.smem_q.data()), SmemLayoutQ{});
     Tensor sK = make_tensor(make_smem_ptr(smem.smem_k.data()), SmemLayoutK{});
     Tensor sVt = make_tensor(make_smem_ptr(smem.smem_v.data()), SmemLayoutVt{});
@@ -236,7 +237,7 @@ struct FwdMainloop {
     cutlass::arch::ClusterTransactionBarrier::wait(&barrier_q, q_phase);
 
     // First block: S, softmax, P. No O yet.
-    int n = n_blocks - 1;
+    int n = n_end - 1;
     Tensor tSrS = partition_fragment_C(tiled_mma_qk, select<0, 1>(TileShapeQK{}));
     wait(pipeline_k, read);
     gemm<true>(tiled_mma_qk, tSrQ, tSrK(_, _, _, read.index()), tSrS);
@@ -248,7 +249,7 @@ struct FwdMainloop {
     convert_p(tSrS, tOrP);
     clear(tOrO);
 
-    for (--n; n >= 0; --n) {
+    for (--n; n >= n_begin; --n) {
       PipelineState read_v = read;  // P and V of block n+1
       ++read;
       Tensor tSrS = partition_fragment_C(tiled_mma_qk, select<0, 1>(TileShapeQK{}));

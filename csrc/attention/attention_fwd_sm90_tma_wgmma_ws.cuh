@@ -3,7 +3,7 @@
 //   attention_fwd_sm90_mainloop_tma_wgmma.cuh   load (producer) and mma (consumers)
 //   attention_fwd_sm90_softmax.cuh              online softmax (exp2, scale folded)
 //   attention_fwd_sm90_epilogue.cuh             O and LSE stores
-//   attention_fwd_sm90_tile_scheduler.cuh       static persistent tile order
+//   attention_fwd_sm90_tile_scheduler.cuh       static persistent tile order, split tail
 //   attention_fwd_sm90_heuristics.h             tile sizes
 //
 // CTA = 3 warpgroups (384 threads). Warpgroup 0 is the producer: it gives registers back
@@ -51,12 +51,33 @@ struct FwdKernel {
     typename Mainloop::Params mainloop;
     typename Epilogue::Params epilogue;
     typename Scheduler::Params scheduler;
+    float4* workspace;  // split tail: one contribution slot per CTA (Epilogue::Partial)
+    int* flags;         // [grid] zeros at launch; a slot's flag counts its writers
   };
 
+  using FragO = decltype(partition_fragment_C(typename Mainloop::TiledMmaPV{},
+                                              select<0, 1>(typename Mainloop::TileShapePV{})));
+  // Floats of workspace per CTA slot for the split tail.
+  static constexpr int kWorkspaceFloatsPerSlot = Epilogue::template Partial<FragO>::kFloatsPerSlot;
+
+  // The split tail is planned when the workspace is big enough for a slot per SM (and the keys per
+  // batch are uniform); see the tile scheduler.
   static Params make_params(FwdArguments const& a) {
     int const m_blocks = (a.seqlen_q + kBlockM - 1) / kBlockM;
+    int const n_blocks = a.seqlens_k != nullptr ? 0 : (a.seqlen_k + Mainloop::kBlockN - 1) / Mainloop::kBlockN;
+    bool const workspace_ok = a.workspace != nullptr && a.workspace_flags != nullptr &&
+                              a.workspace_floats >= int64_t(a.num_sms) * kWorkspaceFloatsPerSlot;
     return {Mainloop::make_params(a), Epilogue::make_params(a),
-            Scheduler::make_params(m_blocks, a.num_heads, a.batch)};
+            Scheduler::make_params(m_blocks, a.num_heads, a.batch, n_blocks, a.num_sms, workspace_ok),
+            reinterpret_cast<float4*>(a.workspace), a.workspace_flags};
+  }
+
+  // Workspace floats this call's plan uses (0: no split tail).
+  static int64_t workspace_floats(FwdArguments const& a) {
+    int const m_blocks = (a.seqlen_q + kBlockM - 1) / kBlockM;
+    int const n_blocks = a.seqlens_k != nullptr ? 0 : (a.seqlen_k + Mainloop::kBlockN - 1) / Mainloop::kBlockN;
+    auto const sched = Scheduler::make_params(m_blocks, a.num_heads, a.batch, n_blocks, a.num_sms, true);
+    return Scheduler::split(sched) ? int64_t(a.num_sms) * kWorkspaceFloatsPerSlot : 0;
   }
 
   __device__ static void run(Params const& params, char* smem_buf) {
@@ -94,11 +115,12 @@ struct FwdKernel {
     cutlass::arch::warpgroup_reg_dealloc<kProducerRegisters>();
     if (warp_idx != 0) return;  // one producer warp issues every TMA
     auto write = cutlass::make_producer_start_state<Pipeline>();
-    for (int t = Scheduler::first_tile(); Scheduler::is_valid(params.scheduler, t); t = Scheduler::next_tile(t)) {
-      TileCoord tile = Scheduler::coord(params.scheduler, t);
-      int const n_blocks = Mainloop::num_n_blocks(params.mainloop, tile.batch);
-      if (n_blocks == 0) continue;
-      mainloop.load(params.mainloop, pipeline_k, pipeline_v, write, smem.barrier_q, smem.tensors, tile, n_blocks);
+    WorkItem w;
+    for (int i = 0; Scheduler::get(params.scheduler, blockIdx.x, i, w); ++i) {
+      int const n_end = w.n_end >= 0 ? w.n_end : Mainloop::num_n_blocks(params.mainloop, w.tile.batch);
+      if (n_end == w.n_begin) continue;
+      mainloop.load(params.mainloop, pipeline_k, pipeline_v, write, smem.barrier_q, smem.tensors, w.tile,
+                    w.n_begin, n_end);
     }
     // Keep the CTA alive until the consumers released every stage the producer filled.
     if (cute::elect_one_sync()) {
@@ -115,24 +137,32 @@ struct FwdKernel {
     typename Mainloop::PipelineState read;
     Mainloop::mma_init(wg);
     int q_phase = 0;
+    WorkItem w;
     CUTE_NO_UNROLL
-    for (int t = Scheduler::first_tile(); Scheduler::is_valid(params.scheduler, t); t = Scheduler::next_tile(t)) {
-      TileCoord tile = Scheduler::coord(params.scheduler, t);
+    for (int i = 0; Scheduler::get(params.scheduler, blockIdx.x, i, w); ++i) {
       Tensor tOrO = partition_fragment_C(tiled_mma_pv, select<0, 1>(typename Mainloop::TileShapePV{}));
-      int const seqlen_k = Mainloop::seqlen_k(params.mainloop, tile.batch);
-      int const n_blocks = (seqlen_k + Mainloop::kBlockN - 1) / Mainloop::kBlockN;
-      if (n_blocks == 0) {
-        Epilogue::store_empty(params.epilogue, tOrO, tiled_mma_pv, mma_thread_idx, tile);
+      int const seqlen_k = Mainloop::seqlen_k(params.mainloop, w.tile.batch);
+      int const n_end = w.n_end >= 0 ? w.n_end : (seqlen_k + Mainloop::kBlockN - 1) / Mainloop::kBlockN;
+      if (n_end == 0) {
+        Epilogue::store_empty(params.epilogue, tOrO, tiled_mma_pv, mma_thread_idx, w.tile);
         continue;
       }
       OnlineSoftmax<2> softmax(params.mainloop.scale_log2);
       mainloop.mma(params.mainloop, pipeline_k, pipeline_v, read, smem.barrier_q, q_phase, smem.tensors,
-                   tOrO, softmax, mma_thread_idx, n_blocks, seqlen_k);
+                   tOrO, softmax, mma_thread_idx, w.n_begin, n_end, seqlen_k);
       q_phase ^= 1;
       float o_scale[2], lse[2];
       softmax.finalize(o_scale, lse);
       OnlineSoftmax<2>::rescale(tOrO, o_scale);
-      Epilogue::store(params.epilogue, tOrO, lse, tiled_mma_pv, mma_thread_idx, tile);
+      if (w.role == WorkItem::kContribute) {
+        Epilogue::store_partial(params.workspace, params.flags, blockIdx.x, tOrO, lse, mma_thread_idx);
+        continue;
+      }
+      if (w.role == WorkItem::kOwnMerge) {
+        Epilogue::merge_partials(params.workspace, params.flags, w.peer_first, w.peer_last, tOrO, lse,
+                                 mma_thread_idx);
+      }
+      Epilogue::store(params.epilogue, tOrO, lse, tiled_mma_pv, mma_thread_idx, w.tile);
     }
   }
 };
@@ -164,9 +194,14 @@ cudaError_t launch_attention_fwd_sm90(FwdArguments const& args, cudaStream_t str
     if (err != cudaSuccess) return err;
     smem_opted_in.fetch_or(bit, std::memory_order_relaxed);
   }
-  int const grid = Kernel::Scheduler::grid_size(params.scheduler, args.num_sms);
+  int const grid = Kernel::Scheduler::grid_size(params.scheduler);
   kernel<<<grid, Kernel::kNumThreads, Kernel::kSharedBytes, stream>>>(params);
   return cudaGetLastError();
+}
+
+template <class Element, int kHeadDim>
+int64_t attention_fwd_sm90_workspace_floats(FwdArguments const& args) {
+  return FwdKernel<Element, kHeadDim>::workspace_floats(args);
 }
 
 }  // namespace fastdit::attention::sm90

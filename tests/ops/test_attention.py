@@ -4,6 +4,9 @@ shapes), argument checks, and, on an H100, our sm90 kernel at the model shapes (
 from __future__ import annotations
 
 import math
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -168,6 +171,94 @@ def test_auto_on_cpu_is_reference():
     torch.testing.assert_close(attention_fwd(q, k, v), attention_ref(q, k, v)[0])
 
 
+# The sm90 kernel's split tail plan (a host program built with nvcc over the scheduler header) ---------------
+
+# Walks every CTA's work items for many (query blocks, heads, batch, key blocks, SMs) and checks what the
+# kernel relies on: each tile's key blocks are covered exactly once; exactly one item per tile stores (a
+# whole tile, or the owner of a split one), and the owner's peer range is exactly the CTAs that contribute
+# to its tile; a CTA contributes at most once and does so before anything it owns (no owner waits on a
+# waiting CTA); the split shortens the longest CTA. Prints the failing plans, exits 1 on any.
+_TAIL_PLAN_CHECK_CU = r"""
+#include <cstdio>
+#include <vector>
+#include "attention/attention_fwd_sm90_tile_scheduler.cuh"
+using namespace fastdit::attention::sm90;
+int check(int mb, int heads, int batch, int nb, int sms, int* splits) {
+  auto p = StaticPersistentTileScheduler::make_params(mb, heads, batch, nb, sms, true);
+  const int tiles = mb * heads * batch;
+  std::vector<int> covered(size_t(tiles) * nb, 0), stores(tiles, 0), peer_first(tiles, -1), peer_last(tiles, -2);
+  std::vector<std::vector<int>> contributors(tiles);
+  int longest = 0;
+  for (int cta = 0; cta < p.grid; ++cta) {
+    WorkItem w;
+    int contributions = 0, blocks = 0;
+    for (int i = 0; StaticPersistentTileScheduler::get(p, cta, i, w); ++i) {
+      const int t = (w.tile.batch * heads + w.tile.head) * mb + w.tile.m_block;
+      const int end = w.n_end < 0 ? nb : w.n_end;
+      if (t < 0 || t >= tiles || w.n_begin < 0 || end > nb || w.n_begin >= end) return 1;
+      for (int n = w.n_begin; n < end; ++n) ++covered[size_t(t) * nb + n];
+      blocks += end - w.n_begin;
+      if (w.role == WorkItem::kContribute) {
+        if (++contributions > 1 || i != p.whole_per_cta) return 1;  // once, first of the tail
+        contributors[t].push_back(cta);
+      } else {
+        ++stores[t];
+        if (w.role == WorkItem::kOwnMerge) peer_first[t] = w.peer_first, peer_last[t] = w.peer_last;
+      }
+    }
+    longest = blocks > longest ? blocks : longest;
+  }
+  for (size_t u = 0; u < covered.size(); ++u) if (covered[u] != 1) return 1;
+  for (int t = 0; t < tiles; ++t) {
+    if (stores[t] != 1) return 1;
+    const auto& c = contributors[t];
+    if (c.empty() != (peer_first[t] == -1)) return 1;
+    if (!c.empty() && (c.front() != peer_first[t] || c.back() != peer_last[t] ||
+                       int(c.size()) != peer_last[t] - peer_first[t] + 1)) return 1;
+  }
+  const int waves = (tiles + sms - 1) / sms;
+  if (StaticPersistentTileScheduler::split(p)) {
+    ++*splits;
+    if (longest >= waves * nb) return 1;
+  }
+  return 0;
+}
+int main() {
+  int bad = 0, splits = 0, plans = 0;
+  const int cases[][5] = {{36, 24, 1, 24, 132}, {256, 12, 1, 171, 132}, {591, 40, 1, 394, 132}, {132, 24, 1, 88, 132},
+                          {36, 24, 2, 24, 132}, {8, 1, 1, 11, 132}, {1, 1, 1, 5, 132}, {36, 24, 1, 24, 114}};
+  for (const auto& c : cases) {
+    ++plans;
+    if (check(c[0], c[1], c[2], c[3], c[4], &splits)) { printf("plan %d %d %d %d %d\n", c[0], c[1], c[2], c[3], c[4]); ++bad; }
+  }
+  for (int sms : {7, 66, 132})
+    for (int mb = 1; mb <= 40; mb += 3)
+      for (int heads = 1; heads <= 9; heads += 4)
+        for (int nb = 1; nb <= 60; nb += 7) {
+          ++plans;
+          if (check(mb, heads, 1 + mb % 2, nb, sms, &splits)) { printf("plan %d %d %d %d %d\n", mb, heads, 1 + mb % 2, nb, sms); ++bad; }
+        }
+  printf("%d plans, %d split\n", plans, splits);
+  return bad != 0 || splits < plans / 4;
+}
+"""
+
+
+def test_tail_split_plan_covers_every_key_block_once(tmp_path):
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("nvcc not found: the plan check is a host program built with it")
+    cutlass_library = pytest.importorskip("cutlass_library", reason="the scheduler header needs CUTLASS's")
+    cutlass_include = Path(cutlass_library.__file__).parent / "source" / "include"
+    csrc = Path(__file__).resolve().parents[2] / "csrc"
+    source, binary = tmp_path / "plan_check.cu", tmp_path / "plan_check"
+    source.write_text(_TAIL_PLAN_CHECK_CU)
+    subprocess.run([nvcc, "-std=c++17", f"-I{csrc}", f"-I{cutlass_include}", "-o", str(binary), str(source)],
+                   check=True, timeout=300)
+    result = subprocess.run([str(binary)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, f"bad split-tail plans:\n{result.stdout}"
+
+
 # GPU: our sm90 kernel ----------------------------------------------------------------------------------------
 
 def _needs_sm90():
@@ -250,6 +341,52 @@ def test_sm90_kernel_under_cuda_graph(d):
     assert torch.equal(out, eager_out) and torch.equal(lse, eager_lse)
     ref, _ = _reference(q, k, v, seqlens)
     assert _rel(out, ref) <= 3 * _rel(ref.to(q.dtype), ref) + 2e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("b,sq,sk,h,d,dtype", [
+    (1, 4608, 4608, 24, 128, torch.bfloat16),  # FLUX-1024: 864 tiles, 7 waves on 132 SMs for 6.55 of work
+    (1, 1000, 2000, 1, 128, torch.bfloat16),   # 8 tiles: short runs, a tile merged from several CTAs
+    (2, 4608, 4608, 2, 64, torch.float16),
+    (1, 3001, 2999, 3, 64, torch.bfloat16),    # partial last query and key blocks inside the split tail
+])
+def test_sm90_split_tail_matches_reference_and_unsplit(b, sq, sk, h, d, dtype):
+    """Shapes whose last wave the kernel splits (the library plans a workspace for them): the result, LSE
+    included, against the fp32 reference, and against the same kernel with the split off."""
+    _needs_sm90()
+    q, k, v = _qkv(b, sq, sk, h, d, dtype, "cuda", seed=sq + h)
+    a = attention_op._FwdArgs(0, 0, 0, 0, None, None, _library.DTYPE_CODES[dtype], b, sq, sk, h, d)
+    assert attention_op._workspace(a, q.device)[0] is not None, "this shape was meant to take the split tail"
+    out, lse = _check_against_ref(q, k, v, None, "cuda")
+    with attention_op.tail_split(False):
+        assert attention_op._workspace(a, q.device)[0] is None
+        whole_out, whole_lse = _poisoned_run(q, k, v, None, "cuda")
+    torch.testing.assert_close(out.float(), whole_out.float(), atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(lse, whole_lse, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.gpu
+def test_sm90_split_tail_under_cuda_graph():
+    """The split's scratch and zeroed flags are captured with the launch: replays on new inputs equal eager."""
+    _needs_sm90()
+    q, k, v = _qkv(1, 4608, 4608, 24, 128, torch.bfloat16, "cuda")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        attention_fwd(q, k, v, return_lse=True, backend="cuda")
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out, lse = attention_fwd(q, k, v, return_lse=True, backend="cuda")
+    for _ in range(2):  # a second replay finds the flags the first one raised zeroed again
+        for t in (q, k, v):
+            t.copy_(torch.randn_like(t))
+        out.fill_(float("nan"))
+        lse.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        eager_out, eager_lse = attention_fwd(q, k, v, return_lse=True, backend="cuda")
+        assert torch.equal(out, eager_out) and torch.equal(lse, eager_lse)
 
 
 # GPU: the Triton FA2-class path (sm80: A100, L40, RTX 4090; run here on whatever GPU there is) ---------------

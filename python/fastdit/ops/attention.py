@@ -12,6 +12,7 @@ Layers choose among whole attention libraries in fastdit.layers.attention; this 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import math
 
@@ -49,6 +50,7 @@ class _FwdArgs(ctypes.Structure):
         ("q_strides", ctypes.c_int64 * 3), ("k_strides", ctypes.c_int64 * 3),
         ("v_strides", ctypes.c_int64 * 3), ("o_strides", ctypes.c_int64 * 3),
         ("softmax_scale", ctypes.c_float),
+        ("workspace", ctypes.c_void_p), ("workspace_flags", ctypes.c_void_p), ("workspace_floats", ctypes.c_int64),
     ]
 
 
@@ -62,6 +64,47 @@ def _strides(t: torch.Tensor) -> tuple[int, int, int]:
     return (t.stride(0), t.stride(1), t.stride(2))
 
 
+# The sm90 kernel's split tail (csrc/attention/attention_fwd_sm90_tile_scheduler.cuh): when the last wave of
+# query tiles would leave SMs idle, every SM takes an equal share of those tiles' key blocks and the partial
+# results are merged by LSE. It needs fp32 scratch and zeroed flags per launch, sized by the library per call
+# shape (cached here: one ctypes query per new shape).
+_tail_split_enabled = True
+_workspace_sizes: dict[tuple, tuple[int, int]] = {}
+
+
+@contextlib.contextmanager
+def tail_split(enabled: bool):
+    """Within the block, the sm90 kernel splits its last wave (True, the default) or not (False): the same
+    result up to fp32 rounding of the merge; bench/attention.py and the tests compare the two."""
+    global _tail_split_enabled
+    previous, _tail_split_enabled = _tail_split_enabled, bool(enabled)
+    try:
+        yield
+    finally:
+        _tail_split_enabled = previous
+
+
+def _workspace(a: _FwdArgs, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(fp32 scratch, zeroed int32 flags) for the split tail of the launch `a` describes, or (None, None)."""
+    if not _tail_split_enabled or a.seqlens_k is not None:
+        return None, None
+    key = (device.index, a.dtype, a.batch, a.seqlen_q, a.seqlen_k, a.num_heads, a.head_dim)
+    sizes = _workspace_sizes.get(key)
+    if sizes is None:
+        lib = _library()
+        if not hasattr(lib, "fastdit_attention_fwd_workspace"):
+            return None, None
+        floats, flags = ctypes.c_int64(0), ctypes.c_int32(0)
+        fn = _lib.export("fastdit_attention_fwd_workspace", (ctypes.POINTER(_FwdArgs), ctypes.c_int,
+                                                             ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_int32)))
+        _lib.check("attention_fwd_workspace", fn(ctypes.byref(a), device.index, ctypes.byref(floats), ctypes.byref(flags)))
+        sizes = _workspace_sizes[key] = (floats.value, flags.value)
+    if sizes[0] == 0:
+        return None, None
+    return (torch.empty(sizes[0], dtype=torch.float32, device=device),
+            torch.zeros(sizes[1], dtype=torch.int32, device=device))
+
+
 def _launch_cuda(q, k, v, out, lse, seqlens_k, scale: float) -> None:
     a = _FwdArgs(q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
                  lse.data_ptr() if lse is not None else None,
@@ -69,6 +112,9 @@ def _launch_cuda(q, k, v, out, lse, seqlens_k, scale: float) -> None:
                  q.shape[0], q.shape[1], k.shape[1], q.shape[2], q.shape[3],
                  (ctypes.c_int64 * 3)(*_strides(q)), (ctypes.c_int64 * 3)(*_strides(k)),
                  (ctypes.c_int64 * 3)(*_strides(v)), (ctypes.c_int64 * 3)(*_strides(out)), scale)
+    workspace, flags = _workspace(a, q.device)
+    if workspace is not None:
+        a.workspace, a.workspace_flags, a.workspace_floats = workspace.data_ptr(), flags.data_ptr(), workspace.numel()
     fn = _lib.export("fastdit_attention_fwd", (ctypes.POINTER(_FwdArgs), ctypes.c_int, ctypes.c_void_p))
     _lib.check("attention_fwd", fn(ctypes.byref(a), q.device.index, _lib.stream_of(q)))
 
