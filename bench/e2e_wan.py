@@ -33,7 +33,7 @@ from timer import time_cuda
 
 from fastdit.configs import wan as presets
 from fastdit.layers.attention import make_attention_op
-from fastdit.models.dits.wan import load_wan_transformer
+from fastdit.models.dits.wan import load_wan_transformer, wan_checkpoint_state_dict
 from fastdit.models.vaes.autoencoder_kl_wan import load_autoencoder_kl_wan
 
 MODELS = {"1.3B": presets.T2V_1_3B, "14B": presets.T2V_14B}
@@ -75,6 +75,7 @@ def diffusers_twin(cls, config: dict, state: dict[str, torch.Tensor], device, re
 
 
 def transformer_twin(ours, device):
+    """diffusers' transformer on our tensors: the checkpoint keys as views of our fused projections (no copy)."""
     from diffusers import WanTransformer3DModel
     from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 
@@ -82,7 +83,7 @@ def transformer_twin(ours, device):
     def rope(twin):
         twin.rope = WanRotaryPosEmbed(c.attention_head_dim, c.patch_size, c.rope_max_seq_len)
 
-    return diffusers_twin(WanTransformer3DModel, c.to_dict(), ours.state_dict(), device, rope)
+    return diffusers_twin(WanTransformer3DModel, c.to_dict(), wan_checkpoint_state_dict(ours), device, rope)
 
 
 def vae_twin(ours, device):

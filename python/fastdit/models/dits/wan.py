@@ -10,6 +10,13 @@ Q and K are RMS-normalised across all heads (weight [H*D]) before the split into
 modulation vectors of a block are `scale_shift_table[1, 6, dim] + time_proj(silu(temb))` (fp32).
 Module names equal the diffusers checkpoint keys. Hot ops go through fastdit.ops with
 `backend=self.kernel_backend`; attention goes through `attn_op(q, k, v)` on [B, S, H, D] tensors.
+
+fuse_projections=True (what load_wan_transformer builds by default) keeps the same numbers with fewer,
+larger GEMMs; the checkpoint tensors are concatenated on dim 0 at load by Wan's fuse table:
+    blocks.i.attn1.to_qkv      = [to_q; to_k; to_v]          one GEMM of x; q, k, v are views of it
+    blocks.i.attn2.to_kv       = [to_k; to_v]                one GEMM of the text (to_q reads x: alone)
+    blocks.i.attn2.add_kv_proj = [add_k_proj; add_v_proj]    I2V: one GEMM of the image tokens
+`wan_checkpoint_state_dict(model)` gives the checkpoint keys back as views (no copy).
 """
 
 from __future__ import annotations
@@ -119,33 +126,63 @@ class WanAttention(nn.Module):
 
     Cross-attention of the I2V model also attends to image tokens through add_k_proj / add_v_proj
     (k normalised by norm_added_k), and adds the two attention outputs.
+    fused=True (wan_fuse_table): self-attention projects q, k, v with ONE GEMM, to_qkv = [to_q; to_k; to_v];
+    cross-attention projects the text's k, v with one, to_kv = [to_k; to_v] (and the image tokens' with
+    add_kv_proj = [add_k_proj; add_v_proj]); its to_q stays alone, as it reads x, not the context.
     """
 
-    def __init__(self, dim: int, heads: int, eps: float, added_kv_proj_dim: int | None = None):
+    def __init__(self, dim: int, heads: int, eps: float, cross: bool, added_kv_proj_dim: int | None = None,
+                 fused: bool = False):
         super().__init__()
         self.heads = heads
         self.eps = eps
-        self.to_q = nn.Linear(dim, dim)
-        self.to_k = nn.Linear(dim, dim)
-        self.to_v = nn.Linear(dim, dim)
+        self.fused = fused
+        if fused and not cross:
+            self.to_qkv = nn.Linear(dim, 3 * dim)
+        else:
+            self.to_q = nn.Linear(dim, dim)
+        if fused and cross:
+            self.to_kv = nn.Linear(dim, 2 * dim)
+        elif not fused:
+            self.to_k = nn.Linear(dim, dim)
+            self.to_v = nn.Linear(dim, dim)
         self.to_out = nn.ModuleList([nn.Linear(dim, dim)])
         self.norm_q = nn.RMSNorm(dim, eps=eps)
         self.norm_k = nn.RMSNorm(dim, eps=eps)
         if added_kv_proj_dim is not None:
-            self.add_k_proj = nn.Linear(added_kv_proj_dim, dim)
-            self.add_v_proj = nn.Linear(added_kv_proj_dim, dim)
+            if fused:
+                self.add_kv_proj = nn.Linear(added_kv_proj_dim, 2 * dim)
+            else:
+                self.add_k_proj = nn.Linear(added_kv_proj_dim, dim)
+                self.add_v_proj = nn.Linear(added_kv_proj_dim, dim)
             self.norm_added_k = nn.RMSNorm(dim, eps=eps)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.heads, -1))  # [B, S, H*D] -> [B, S, H, D]
 
+    def split_heads(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """to_qkv's output [B, S, 3 * H * D] -> q, k, v [B, S, H, D] (views, token stride 3 * H * D)."""
+        return qkv.unflatten(-1, (3, self.heads, -1)).unbind(2)
+
+    def _kv(self, ctx: torch.Tensor, image: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Context tokens [B, S_ctx, dim_ctx] -> (k before its norm [B, S_ctx, H*D], v [B, S_ctx, H, D]) through the
+        text (image=False) or image (image=True) projections; fused: views of one [B, S_ctx, 2*H*D] GEMM output."""
+        if self.fused:
+            k, v = (self.add_kv_proj if image else self.to_kv)(ctx).chunk(2, dim=-1)  # row stride 2 * H * D
+        else:
+            k_proj, v_proj = (self.add_k_proj, self.add_v_proj) if image else (self.to_k, self.to_v)
+            k, v = k_proj(ctx), v_proj(ctx)
+        return k, self._heads(v)
+
     def self_attention(
         self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], attn_op: AttnOp, backend: str
     ) -> torch.Tensor:
-        """x [B, S, dim] -> [B, S, dim]; q, k normalised and rotated in place by one fused op."""
-        q = self._heads(self.to_q(x))
-        k = self._heads(self.to_k(x))
-        v = self._heads(self.to_v(x))
+        """x [B, S, dim] -> [B, S, dim]; q, k normalised and rotated in place by one fused op (fused: in the
+        to_qkv output itself; qk_norm_rope takes the token stride 3 * dim on every backend)."""
+        if self.fused:
+            q, k, v = self.split_heads(self.to_qkv(x))  # [B, S, H, D] views
+        else:
+            q, k, v = (self._heads(proj(x)) for proj in (self.to_q, self.to_k, self.to_v))
         cos, sin = rope
         q, k = ops.qk_norm_rope(
             q, k, self.norm_q.weight, self.norm_k.weight, cos, sin,
@@ -157,15 +194,15 @@ class WanAttention(nn.Module):
     def cross_attention(
         self, x: torch.Tensor, txt: torch.Tensor, img_ctx: torch.Tensor | None, attn_op: AttnOp, backend: str
     ) -> torch.Tensor:
-        """x [B, S, dim] attends to txt [B, S_txt, dim] (and img_ctx [B, S_ctx, dim] for I2V)."""
+        """x [B, S, dim] attends to txt [B, S_txt, dim] (and img_ctx [B, S_ctx, dim] for I2V). rms_norm reads
+        the fused k views through their row stride and writes a fresh contiguous k."""
         q = self._heads(ops.rms_norm(self.to_q(x), self.norm_q.weight, self.eps, backend=backend))
-        k = self._heads(ops.rms_norm(self.to_k(txt), self.norm_k.weight, self.eps, backend=backend))
-        v = self._heads(self.to_v(txt))
-        out = attn_op(q, k, v)
+        k, v = self._kv(txt, image=False)
+        out = attn_op(q, self._heads(ops.rms_norm(k, self.norm_k.weight, self.eps, backend=backend)), v)
         if img_ctx is not None:
-            k_img = ops.rms_norm(self.add_k_proj(img_ctx), self.norm_added_k.weight, self.eps, backend=backend)
-            v_img = self.add_v_proj(img_ctx)
-            out = out + attn_op(q, self._heads(k_img), self._heads(v_img))
+            k_img, v_img = self._kv(img_ctx, image=True)
+            k_img = ops.rms_norm(k_img, self.norm_added_k.weight, self.eps, backend=backend)
+            out = out + attn_op(q, self._heads(k_img), v_img)
         return self.to_out[0](out.flatten(2))
 
 
@@ -211,12 +248,13 @@ class FeedForward(nn.Module):
 
 
 class WanTransformerBlock(nn.Module):
-    def __init__(self, cfg: WanTransformerConfig):
+    def __init__(self, cfg: WanTransformerConfig, fused: bool = False):
         super().__init__()
         dim = cfg.inner_dim
         self.eps = cfg.eps
-        self.attn1 = WanAttention(dim, cfg.num_attention_heads, cfg.eps)
-        self.attn2 = WanAttention(dim, cfg.num_attention_heads, cfg.eps, cfg.added_kv_proj_dim)
+        self.attn1 = WanAttention(dim, cfg.num_attention_heads, cfg.eps, cross=False, fused=fused)
+        self.attn2 = WanAttention(dim, cfg.num_attention_heads, cfg.eps, cross=True,
+                                  added_kv_proj_dim=cfg.added_kv_proj_dim, fused=fused)
         # norm2 is the (affine) LayerNorm in front of cross-attention; diffusers' Identity when off.
         self.norm2 = nn.LayerNorm(dim, eps=cfg.eps) if cfg.cross_attn_norm else None
         self.ffn = FeedForward(dim, cfg.ffn_dim, dim, approximate="tanh")
@@ -344,17 +382,20 @@ class WanTimeTextImageEmbedding(nn.Module):
 class WanTransformer3DModel(nn.Module):
     """Wan2.1 DiT. forward(hidden_states [B, C_in, F, H, W], timestep [B], encoder_hidden_states
     [B, S_txt, text_dim], encoder_hidden_states_image [B, S_ctx, image_dim] | None) -> [B, C_out, F, H, W].
+    fuse_projections=True builds the fused layout of wan_fuse_table (same numbers, fewer GEMMs).
     """
 
-    def __init__(self, config: WanTransformerConfig, attn_op: AttnOp | None = None, kernel_backend: str = "auto"):
+    def __init__(self, config: WanTransformerConfig, attn_op: AttnOp | None = None, kernel_backend: str = "auto",
+                 fuse_projections: bool = False):
         super().__init__()
         self.config = config
         self.kernel_backend = kernel_backend
+        self.fuse_projections = fuse_projections
         self.attn_op = attn_op or _default_attn_op
         dim = config.inner_dim
         self.patch_embedding = nn.Conv3d(config.in_channels, dim, kernel_size=config.patch_size, stride=config.patch_size)
         self.condition_embedder = WanTimeTextImageEmbedding(config)
-        self.blocks = nn.ModuleList([WanTransformerBlock(config) for _ in range(config.num_layers)])
+        self.blocks = nn.ModuleList([WanTransformerBlock(config, fuse_projections) for _ in range(config.num_layers)])
         self.norm_out = nn.LayerNorm(dim, eps=config.eps, elementwise_affine=False)
         self.proj_out = nn.Linear(dim, config.out_channels * math.prod(config.patch_size))
         self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
@@ -443,20 +484,66 @@ def _kept_in_fp32(name: str) -> bool:
     return any(part in KEEP_IN_FP32 for part in name.split("."))
 
 
+def wan_fuse_table(config: WanTransformerConfig) -> dict[str, tuple[str, ...]]:
+    """Wan's fuse table for loader.weights.load_weights: fused key -> checkpoint keys, concatenated on dim 0
+    (each source has dim = H * D output rows). Keys are full (block index included)."""
+    table: dict[str, tuple[str, ...]] = {}
+    for i in range(config.num_layers):
+        self_attn, cross_attn = f"blocks.{i}.attn1", f"blocks.{i}.attn2"
+        for p in ("weight", "bias"):
+            table[f"{self_attn}.to_qkv.{p}"] = tuple(f"{self_attn}.to_{x}.{p}" for x in "qkv")
+            table[f"{cross_attn}.to_kv.{p}"] = tuple(f"{cross_attn}.to_{x}.{p}" for x in "kv")
+            if config.added_kv_proj_dim is not None:
+                table[f"{cross_attn}.add_kv_proj.{p}"] = tuple(f"{cross_attn}.add_{x}_proj.{p}" for x in "kv")
+    return table
+
+
+def wan_checkpoint_state_dict(model: WanTransformer3DModel) -> dict[str, torch.Tensor]:
+    """The model's tensors under the diffusers checkpoint keys: for a fused model, each fused tensor's
+    equal dim-0 parts (views sharing its memory, e.g. for `load_state_dict(..., assign=True)` of a diffusers
+    twin; no copy)."""
+    state = model.state_dict()
+    if not model.fuse_projections:
+        return state
+    for target, sources in wan_fuse_table(model.config).items():
+        state.update(zip(sources, state.pop(target).chunk(len(sources), dim=0)))
+    return state
+
+
+def _init_dummy_fused(model: WanTransformer3DModel, seed: int) -> None:
+    """init_dummy_weights of the UNFUSED model (same seed: the same numbers), written through checkpoint
+    views into the fused tensors: a shadow unfused module whose parameters are those views."""
+    from fastdit.loader.weights import init_dummy_weights
+
+    views = wan_checkpoint_state_dict(model)
+    with torch.device("meta"):
+        shadow = WanTransformer3DModel(model.config)
+    for name, _ in list(shadow.named_parameters()):
+        owner, _, leaf = name.rpartition(".")  # owner "" = the model (its scale_shift_table)
+        shadow.get_submodule(owner)._parameters[leaf] = nn.Parameter(views[name], requires_grad=False)
+    init_dummy_weights(shadow, seed=seed)
+
+
 def load_wan_transformer(
     config: WanTransformerConfig, folder: str | None, dtype: torch.dtype, device,
-    attn_op: AttnOp | None = None, kernel_backend: str = "auto",
+    attn_op: AttnOp | None = None, kernel_backend: str = "auto", fuse_projections: bool = True,
 ) -> WanTransformer3DModel:
     """Builds the model on `device` (parameters allocated once, there) and fills it from a diffusers
-    `transformer/` folder, or with random weights when folder is None (--load-format dummy)."""
+    `transformer/` folder, or with random weights when folder is None (--load-format dummy; the same numbers
+    fused or not). fuse_projections (the inference default) concatenates the checkpoint's attention
+    projections by wan_fuse_table."""
     from fastdit.loader.weights import build_module, init_dummy_weights, load_state_dict, load_weights
 
-    model = build_module(lambda: WanTransformer3DModel(config, attn_op, kernel_backend), dtype, device)
+    model = build_module(lambda: WanTransformer3DModel(config, attn_op, kernel_backend, fuse_projections),
+                         dtype, device)
     for name, param in model.named_parameters():
         if _kept_in_fp32(name):
             param.data = param.data.float()
-    if folder is None:
+    if folder is None and fuse_projections:
+        _init_dummy_fused(model, seed=0)
+    elif folder is None:
         init_dummy_weights(model, seed=0)
     else:
-        load_weights(model, load_state_dict(folder), "transformer")
+        fuse_table = wan_fuse_table(config) if fuse_projections else None
+        load_weights(model, load_state_dict(folder), "transformer", fuse_table=fuse_table)
     return model
