@@ -6,6 +6,7 @@
 #   device: bash bench/gpu_session.sh [STEP ...]       carry: ["dist", ".whl"]
 #
 # STEPs (default: all, in this order): env tests ops attention comm e2e_flux e2e_wan (also: parallel, serving)
+# FASTDIT_TESTS="tests/ops/test_attention.py ..." narrows the tests step to those files.
 # One device command runs at most 600 s: split the steps over calls, e.g. "env tests attention", then
 # "ops e2e_flux", then "e2e_wan serving" (the machine stays warm 30 s between calls).
 # The device machine has torch, triton and transformers but not diffusers nor the server's stack: .whl/
@@ -37,7 +38,8 @@ for step in $STEPS; do
   case $step in
     env) run env 60 python3 -c "import torch, triton, fastdit, fastdit.ops._library as L; \
 print(torch.__version__, triton.__version__, torch.cuda.get_device_name()); print(L.library_status())" ;;
-    tests) run tests 330 python3 -m pytest -q -m gpu -p no:cacheprovider --timeout 300 --continue-on-collection-errors tests ;;
+    tests) run tests 330 python3 -m pytest -q -m gpu -p no:cacheprovider --timeout 300 --continue-on-collection-errors \
+             ${FASTDIT_TESTS:-tests} ;;
     ops) run ops 240 python3 bench/ops.py --json "$OUT/ops.json" ;;
     attention) run attention 240 python3 bench/attention.py --json "$OUT/attention.json" ;;
     comm) run comm 120 python3 bench/comm.py --json "$OUT/comm.json" ;;
