@@ -160,11 +160,36 @@ def test_triton_kernels_take_the_fused_views():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("dim,heads", [(1536, 12), (5120, 40)], ids=["1.3B", "14B"])
+def test_gpu_cuda_kernels_take_the_fused_views_without_a_copy(dim, heads):
+    """At the real models' widths the CUDA qk_norm_rope takes q, k inside the to_qkv output (token stride 3 * dim)
+    and the CUDA rms_norm the to_kv k view (row stride 2 * dim) as they are: aligned, no contiguous copy."""
+    from fastdit.models.dits.wan import WanAttention
+    from fastdit.ops import _library as lib
+    from fastdit.ops.qk_norm_rope import supports_cuda as qk_norm_rope_supports_cuda
+    from fastdit.ops.rms_norm import supports_cuda as rms_norm_supports_cuda
+
+    self_attn = WanAttention(dim, heads, 1e-6, cross=False, fused=True).cuda().bfloat16()
+    cross_attn = WanAttention(dim, heads, 1e-6, cross=True, added_kv_proj_dim=dim, fused=True).cuda().bfloat16()
+    x = torch.randn(2, 333, dim, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        q, k, _ = self_attn.split_heads(self_attn.to_qkv(x))
+        assert q.stride(1) == k.stride(1) == 3 * dim
+        assert qk_norm_rope_supports_cuda(q, k, self_attn.norm_q.weight, self_attn.norm_k.weight)
+        assert lib.aligned16(q, k)  # else the CUDA path rotates an aligned copy
+        for image in (False, True):
+            k_ctx, _ = cross_attn._kv(x[:, :77], image=image)
+            rows = k_ctx.reshape(-1, dim)
+            assert rows.stride(0) == 2 * dim and rms_norm_supports_cuda(k_ctx, cross_attn.norm_k.weight)
+            assert lib.rows_for_kernel(rows) is rows
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["auto", "triton"])
 def test_gpu_fused_equals_unfused_bf16(backend):
-    """On a GPU in bf16 with the fused kernels: qk_norm_rope writes q and k inside the to_qkv output (token
-    stride 3 * H * D) and rms_norm reads the to_kv k view; the fused model gives the unfused model's numbers
-    (the GEMMs' row blocks differ only in cuBLAS's tiling)."""
+    """On a GPU in bf16 with the fused kernels (auto: CUDA where the library runs them): qk_norm_rope writes q and
+    k inside the to_qkv output (token stride 3 * H * D) and rms_norm reads the to_kv k view; the fused model gives
+    the unfused model's numbers (the GEMMs' row blocks may differ only in cuBLAS's tiling)."""
     config = WanTransformerConfig(num_attention_heads=4, attention_head_dim=128, text_dim=64, ffn_dim=512,
                                   num_layers=2, image_dim=40, added_kv_proj_dim=512)
     fused = load_wan_transformer(config, None, torch.bfloat16, "cuda", kernel_backend=backend)
