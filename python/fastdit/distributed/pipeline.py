@@ -8,7 +8,8 @@ One process per rank, each loading the pipeline onto its own GPU and applying th
 (`parallelize_pipeline`: the DiT's sequence parallel, CFG-parallel for recipes that batch their CFG
 branches, and with --tp-size T the T5/UMT5 text encoder sharded over T consecutive ranks, tp.py).
 Every request goes to every rank (one queue each); every rank runs the same sampling loop on the same
-(gathered) latents, and only rank 0 decodes, saves and replies. A request without a seed gets one here,
+(gathered) latents and decodes its strip of them (vae.py; rank 0 alone where the split does not apply);
+rank 0 saves and replies. A request without a seed gets one here,
 so every rank draws the same noise. With one GPU nothing is spawned: the pipeline runs in this process.
 The CLI uses one `run`; the server keeps the workers for its lifetime.
 """
@@ -29,6 +30,7 @@ from fastdit.distributed.groups import ParallelGroups
 from fastdit.distributed.launcher import check_devices, default_device_type, spawn_context, start
 from fastdit.distributed.plans import CfgParallel, SequenceParallelFlux, SequenceParallelWan, _Plan
 from fastdit.distributed.tp import parallelize_text_encoders
+from fastdit.distributed.vae import SPLIT_VAES, SpatialSplitVAE
 from fastdit.layers.attention import AttentionOp
 
 # DiT class -> its sequence-parallel plan
@@ -46,8 +48,8 @@ def _loaded_attn_op(dit, backend: str) -> AttentionOp:
 
 
 def parallelize_pipeline(pipe, groups: ParallelGroups, attn_op=None, attn_with_lse=None) -> None:
-    """Replaces pipe's DiT by its parallel plan for `groups` and shards its T5/UMT5 text encoder over
-    groups.tp_group (nothing to do on a single process)."""
+    """Replaces pipe's DiT by its parallel plan for `groups`, shards its T5/UMT5 text encoder over
+    groups.tp_group and splits its VAE decode over the ranks (vae.py; nothing to do on a single process)."""
     config = groups.config
     if config.world_size == 1:
         return
@@ -66,6 +68,8 @@ def parallelize_pipeline(pipe, groups: ParallelGroups, attn_op=None, attn_with_l
     dit = SEQUENCE_PARALLEL_PLANS[name](components.transformer, groups, op, attn_with_lse)
     components.transformer = CfgParallel(dit, groups) if config.cfg_parallel else dit
     parallelize_text_encoders(components, groups)
+    if isinstance(components.vae, SPLIT_VAES):
+        components.vae = SpatialSplitVAE(components.vae, groups)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,8 +159,10 @@ def _serve_rank(groups: ParallelGroups, model: str, load_kwargs: dict, requests:
         if item is None:
             return
         request, save, show_progress = item
-        if not leader:  # followers skip decode and save: rank 0 owns the output
-            request, save = dataclasses.replace(request, output_type="latent"), None
+        if not leader:  # followers skip save (rank 0 owns the output), and decode unless they decode a strip
+            save = None
+            if not isinstance(pipe.recipe.vae, SpatialSplitVAE):
+                request = dataclasses.replace(request, output_type="latent")
         _reset_peak_memory(groups.device)
         try:
             reply = ("ok", pipe.run(request, save=save, show_progress=show_progress and leader))

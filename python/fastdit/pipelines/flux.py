@@ -268,6 +268,8 @@ class FluxRecipe(Recipe):
             latents = unpack_latents(state.latents, state.latent_height, state.latent_width)
             latents = latents / config.scaling_factor + (config.shift_factor or 0.0)
             image = self.vae.decode(latents.to(self.vae_dtype))  # [B, 3, H, W] in about [-1, 1]
+            if image is None:  # a follower rank of the split decode (distributed/vae.py): rank 0 owns the output
+                return
             image = (image / 2 + 0.5).clamp(0, 1)
             pixels = (image.permute(0, 2, 3, 1).float().cpu().numpy() * 255).round().astype(np.uint8)
             del latents, image  # pool memory: nothing on the GPU outlives the block

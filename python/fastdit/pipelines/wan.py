@@ -260,6 +260,8 @@ class WanRecipe(Recipe):
         mean, std = self.vae.latents_mean_std(latents.device, latents.dtype)
         latents = latents / (1.0 / std) + mean
         video = self.vae.decode(latents, chunk_frames=VAE_DECODE_CHUNK_FRAMES)  # [B, 3, F, H, W]
+        if video is None:  # a follower rank of the split decode (distributed/vae.py): rank 0 owns the output
+            return
         state.frames = [[Image.fromarray(frame) for frame in clip] for clip in video_to_uint8(video)]
 
     def save(self, request: GenerationRequest, state: WanState, target: SaveTarget) -> None:

@@ -141,6 +141,8 @@ class MidBlockAttention(nn.Module):
 
     x [B, C, H, W] -> t = GroupNorm(x) as [B, H*W, C]; y = x + to_out(softmax(q k^T / sqrt(C)) v)
     (diffusers' Attention with heads = 1, dim_head = C, residual_connection=True, rescale 1).
+    rows: only the output rows y[:, :, rows] (queries from those rows, keys/values from all H*W): the
+    spatially split decode (distributed/vae.py) gives each rank the whole x and its own strip's rows.
     """
 
     def __init__(self, channels: int, groups: int):
@@ -151,14 +153,17 @@ class MidBlockAttention(nn.Module):
         self.to_v = nn.Linear(channels, channels)
         self.to_out = nn.ModuleList([nn.Linear(channels, channels)])  # key "to_out.0" as in the checkpoint
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
         b, c, h, w = x.shape
         # [B, C, H, W] -> [B, H*W, C]: a view when x is channels_last
         tokens = self.group_norm(x).permute(0, 2, 3, 1).reshape(b, h * w, c)
-        q = self.to_q(tokens).unsqueeze(1)  # [B, 1, H*W, C]
-        k = self.to_k(tokens).unsqueeze(1)
+        k = self.to_k(tokens).unsqueeze(1)  # [B, 1, H*W, C]
         v = self.to_v(tokens).unsqueeze(1)
-        out = F.scaled_dot_product_attention(q, k, v).squeeze(1)  # [B, H*W, C]
+        if rows is not None:
+            x, tokens = x[:, :, rows], tokens[:, rows.start * w : rows.stop * w]
+            h = x.shape[2]
+        q = self.to_q(tokens).unsqueeze(1)  # [B, 1, h*W, C]
+        out = F.scaled_dot_product_attention(q, k, v).squeeze(1)  # [B, h*W, C]
         out = self.to_out[0](out)
         return x + out.reshape(b, h, w, c).permute(0, 3, 1, 2)
 

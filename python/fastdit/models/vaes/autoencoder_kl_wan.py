@@ -165,7 +165,11 @@ class ResidualBlock(nn.Module):
 
 
 class AttentionBlock(nn.Module):
-    """Single-head self-attention over the H*W pixels of each frame (frames are independent)."""
+    """Single-head self-attention over the H*W pixels of each frame (frames are independent).
+
+    rows: only the output rows [..., rows, :] (queries from those rows, keys/values from all H*W): the
+    spatially split decode (distributed/vae.py) gives each rank the whole x and its own strip's rows.
+    """
 
     def __init__(self, dim: int):
         super().__init__()
@@ -173,11 +177,14 @@ class AttentionBlock(nn.Module):
         self.to_qkv = nn.Conv2d(dim, dim * 3, 1)
         self.proj = nn.Conv2d(dim, dim, 1)
 
-    def forward(self, x: torch.Tensor, stream: Stream | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, stream: Stream | None = None, rows: slice | None = None) -> torch.Tensor:
         B, C, T, H, W = x.shape
         h = x.permute(0, 2, 1, 3, 4).reshape(B * T, C, H, W)
         qkv = self.to_qkv(self.norm(h)).flatten(2).transpose(1, 2)  # [B*T, H*W, 3C]
         q, k, v = (t.unsqueeze(2) for t in qkv.chunk(3, dim=-1))  # [B*T, H*W, 1, C]
+        if rows is not None:
+            x, q = x[:, :, :, rows], q[:, rows.start * W : rows.stop * W]
+            H = x.shape[3]
         h = attention(q.contiguous(), k.contiguous(), v.contiguous()).squeeze(2)
         h = self.proj(h.transpose(1, 2).reshape(B * T, C, H, W))
         return x + h.view(B, T, C, H, W).permute(0, 2, 1, 3, 4)
@@ -467,6 +474,11 @@ class AutoencoderKLWan(nn.Module):
         chunks = [x[:, :, :1]] + list(x[:, :, 1:].split(chunk_frames, dim=2))
         return torch.cat([self.decoder(c, stream) for c in chunks if c.shape[2]], dim=2)
 
+    def decode_is_tiled(self, h: int, w: int) -> bool:
+        """Whether decode of an h x w latent runs in tiles (tiling on and a side above one tile)."""
+        tile = self.tile_sample_min_size // self.config.scale_factor_spatial
+        return self.use_tiling and (h > tile or w > tile)
+
     def decode(self, z: torch.Tensor, chunk_frames: int = 1) -> torch.Tensor:
         """z [B, z_dim, T, h, w] (already z * std + mean) -> video [B, 3, 1 + 4(T-1), 8h, 8w] clamped to [-1, 1].
 
@@ -478,7 +490,7 @@ class AutoencoderKLWan(nn.Module):
         r = self.config.scale_factor_spatial
         tile, stride = self.tile_sample_min_size, self.tile_sample_stride
         with _cudnn_benchmark(self.cudnn_benchmark):
-            if self.use_tiling and (h > tile // r or w > tile // r):
+            if self.decode_is_tiled(h, w):
                 run = lambda t: self._decode_untiled(t, chunk_frames)  # noqa: E731
                 out = _tiled(run, z, tile // r, stride // r, tile, stride, (h * r, w * r))
             else:
