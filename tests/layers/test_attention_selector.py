@@ -31,10 +31,10 @@ def test_auto_on_hopper_follows_the_measured_table(installed):
     choice = selector.choose("auto", H100)
     rule = next(r for r in selector.AUTO_TABLE if selector._matches(r, H100))
     assert choice.backend == rule.backends[0] == "fastdit"
-    assert (choice.short_backend, choice.min_keys) == ("sdpa-cudnn", 16384)
+    assert (choice.short_backend, choice.min_keys) == ("sdpa-cudnn", 4096)
     assert "H100" in choice.reason and "2026-11-24" in choice.reason
     op = attn.AttentionOp(choice.backend, choice.short_backend, choice.min_keys)
-    assert op.backend_for(4608) == "sdpa-cudnn" and op.backend_for(16896) == "fastdit"
+    assert op.backend_for(512) == "sdpa-cudnn" and op.backend_for(4608) == op.backend_for(16896) == "fastdit"
 
 
 def test_auto_on_hopper_without_our_library_is_cudnn(installed):

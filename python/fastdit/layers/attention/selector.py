@@ -2,8 +2,9 @@
 
 The table below is what bench/attention.py measured (TFLOP/s = 4*B*H*Sq*Sk*D / time, bf16, D = 128,
 (B, H, S) = (1,24,4608) FLUX-1024, (1,24,16896) FLUX-2048, (1,12,32760) Wan-1.3B-480p, (1,40,75600)
-Wan-14B-720p). A rule names a backend only where it won in the same run -- ours from 16384 keys on, cuDNN
-below (a tie at 4608 keys); classes nobody measured fall back to torch's own SDPA choice.
+Wan-14B-720p). A rule names a backend only where it won in the same run -- ours from 4096 keys on (it won
+at every measured length, 4608 the shortest), cuDNN below (short text and cross attention: not measured
+for ours); classes nobody measured fall back to torch's own SDPA choice.
 """
 
 from __future__ import annotations
@@ -41,9 +42,9 @@ _HALF = (torch.bfloat16, torch.float16)
 
 AUTO_TABLE: tuple[AutoRule, ...] = (
     AutoRule("cuda", 9, _HALF, (128,), ("fastdit",),
-             "H100 SXM, 2026-11-24, bf16 D=128, TFLOP/s fastdit vs cuDNN: S=4608 643.0 vs 645.6 (tie), "
-             "S=16896 705.4 vs 668.5, S=32760 690.2 vs 596.2, S=75600 648.9 vs 569.1; so ours from 16384 keys",
-             min_keys=16384, short_backends=("sdpa-cudnn", "sdpa")),
+             "H100 SXM, 2026-11-24, bf16 D=128, TFLOP/s fastdit (split tail) vs cuDNN: S=4608 668.0 vs 639.3, "
+             "S=16896 673.6 vs 673.6, S=32760 648.5 vs 541.8, S=75600 652.5 vs 564.3; so ours from 4096 keys",
+             min_keys=4096, short_backends=("sdpa-cudnn", "sdpa")),
     AutoRule("cuda", 9, _HALF, (), ("sdpa-cudnn", "sdpa"),
              "H100, 2026-11-24: cuDNN 614-654 TFLOP/s vs SDPA flash 325-372 at D=128; other head dims "
              "not measured for fastdit, torch picks cuDNN for them too (FACTS.md)."),
