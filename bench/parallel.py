@@ -16,6 +16,13 @@ estimate of end to end at the case's full step count (measured e2e + the missing
 column says est), every rank's peak memory, speedup and efficiency (speedup / GPUs) against layout 1, and
 the rel. L2 difference of the final latents to layout 1's. Exit status 1 if any difference exceeds --tol;
 2 (one line) if more GPUs are asked than are visible. NVLink multicast stays off (NCCL_NVLS_ENABLE=0).
+
+    python bench/parallel.py --vae-decode --cases wan1.3b-480p flux-1024 --json vae_split.json
+
+--vae-decode times the VAE decode alone instead (issue 7's split, distributed/vae.py): the case's VAE with
+dummy weights decodes one seeded latent of the case's size at --vae-ranks ranks (1: the plain decode);
+median of --steps decodes after --warmup-steps, every rank's peak memory, the strips, and the rel. L2 of
+rank 0's output to the one-rank decode's (exit 1 over --tol).
 """
 
 from __future__ import annotations
@@ -31,9 +38,11 @@ import sys
 import time
 
 import torch
+import torch.distributed as dist
 
-from fastdit.distributed import ParallelConfig
+from fastdit.distributed import ParallelConfig, launch
 from fastdit.distributed.pipeline import PipelineWorkers
+from fastdit.distributed.vae import SpatialSplitVAE
 from fastdit.pipelines.request import GenerationRequest
 
 
@@ -162,6 +171,91 @@ def run_case(case: Case, args, skipped: list[str]) -> list[dict]:
     return rows
 
 
+def _vae(case: Case, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
+    """The case's VAE with dummy weights, set up as its recipe sets it up on `device`."""
+    if case.num_frames is None:
+        from fastdit.configs.vae import vae_preset
+        from fastdit.models.vaes.autoencoder_kl import dummy_autoencoder_kl
+
+        return dummy_autoencoder_kl(vae_preset(case.model), dtype, device)
+    from fastdit.configs.wan import vae_preset
+    from fastdit.models.vaes.autoencoder_kl_wan import load_autoencoder_kl_wan
+    from fastdit.pipelines.wan import VAE_CUDNN_BENCHMARK_ON_GPU, vae_channels_last
+
+    vae = load_autoencoder_kl_wan(vae_preset(case.model), None, dtype, device)
+    if vae_channels_last(device):
+        vae.set_channels_last(True)
+        vae.cudnn_benchmark = VAE_CUDNN_BENCHMARK_ON_GPU
+    return vae
+
+
+def _decode_rank(groups, case: Case, dtype: str, warmup: int, iters: int):
+    """On every rank: the (split) decode of one seeded latent; rank 0 returns (timings, its output on the CPU)."""
+    from fastdit.pipelines.wan import VAE_DECODE_CHUNK_FRAMES
+
+    device, split = groups.device, groups.config.world_size > 1
+    vae = _vae(case, getattr(torch, dtype), device)
+    vae = SpatialSplitVAE(vae, groups) if split else vae
+    frames = () if case.num_frames is None else ((case.num_frames - 1) // 4 + 1,)
+    z = torch.randn(1, 16, *frames, case.height // 8, case.width // 8, generator=torch.Generator().manual_seed(0))
+    z = z.to(device, getattr(torch, dtype))
+    kwargs = {} if case.num_frames is None else {"chunk_frames": VAE_DECODE_CHUNK_FRAMES}
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + iters):
+            if split:
+                dist.barrier()
+            sync()
+            start = time.perf_counter()
+            out = vae.decode(z, **kwargs)
+            sync()
+            times.append((time.perf_counter() - start) * 1e3)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    peaks = [peak] * groups.config.world_size
+    if split:
+        dist.all_gather_object(peaks, peak)
+    if groups.rank != 0:
+        return None
+    row = dict(decode_ms=statistics.median(times[warmup:]), decodes_ms=times[warmup:], peak_gib=peaks,
+               strips=vae.last_strip_rows if split else None)
+    return row, out.cpu()
+
+
+def run_vae_decode(case: Case, args, skipped: list[str]) -> list[dict]:
+    """The case's decode at every --vae-ranks count that fits --num-gpus; the fewest ranks are the reference."""
+    rows, ref = [], None
+    for ranks in sorted(set(args.vae_ranks)):
+        if ranks > args.num_gpus:
+            skipped.append(f"{args.case_names[case]} vae x{ranks}: needs {ranks} GPUs, --num-gpus {args.num_gpus}")
+            continue
+        print(f"[parallel] {args.case_names[case]} VAE decode on {ranks} ranks ...", file=sys.stderr, flush=True)
+        row, out = launch(_decode_rank, ParallelConfig(ranks, ranks, 1), case, args.dtype, args.warmup_steps,
+                          args.steps, device_type=args.device)
+        if ref is None:
+            ref, base = out, row["decode_ms"]
+        row.update(case=args.case_names[case], layout=f"vae x{ranks}", ranks=ranks, size=f"{case.height}x{case.width}", frames=case.num_frames,
+                   rel_err=_rel(out, ref), speedup=base / row["decode_ms"])
+        row["match"] = row["rel_err"] <= args.tol
+        rows.append(row)
+    return rows
+
+
+def print_vae_table(rows: list[dict], skipped: list[str]) -> None:
+    head = f"{'case':13} {'ranks':>5} {'decode ms':>10} {'speedup':>7} {'peak GiB/GPU':>13} {'strips':>18} {'rel err':>8} ok"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        peaks = [p for p in r["peak_gib"] if p is not None]
+        strips = "+".join(map(str, r["strips"] or ())) or ("rank 0 alone" if r["ranks"] > 1 else "-")
+        print(f"{r['case']:13} {r['ranks']:>5} {r['decode_ms']:10.1f} {r['speedup']:7.2f} "
+              f"{f'{max(peaks):.1f}' if peaks else '-':>13} {strips:>18} {r['rel_err']:8.1e} {'yes' if r['match'] else 'NO'}")
+    print("decode ms: median over --steps decodes (rank 0, gather included); strips: latent rows per rank; "
+          "rel err: rank 0's output vs the fewest ranks' (1: the plain decode)")
+    for line in skipped:
+        print(f"skipped {line}")
+
+
 def print_table(rows: list[dict], skipped: list[str]) -> None:
     head = (f"{'case':13} {'layout':7} {'gpus':>4} {'step ms':>9} {'speedup':>7} {'eff':>5} {'e2e s':>7} "
             f"{'e2e est s':>9} {'peak GiB/GPU':>13} {'rel err':>8} ok")
@@ -190,7 +284,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--layouts", nargs="+", default=None, help="override each case's layouts (include 1: the reference of speedup and rel err)")
     p.add_argument("--steps", type=int, default=3, help="measured denoising steps per layout")
     p.add_argument("--warmup-steps", type=int, default=1)
-    p.add_argument("--decode", action="store_true", help="include the VAE decode (rank 0) in the measured run")
+    p.add_argument("--decode", action="store_true", help="include the VAE decode in the measured run")
+    p.add_argument("--vae-decode", action="store_true", help="time the VAE decode alone at --vae-ranks (no DiT)")
+    p.add_argument("--vae-ranks", type=int, nargs="+", default=[1, 2, 4], help="rank counts of --vae-decode")
     p.add_argument("--dtype", default=None, help="default: bfloat16 on cuda, float32 on cpu")
     p.add_argument("--attention-backend", default="auto")
     p.add_argument("--tol", type=float, default=None, help="rel. L2 of latents vs layout 1 (default 3e-2 bf16, 1e-5 fp32)")
@@ -221,6 +317,8 @@ def resolve(args) -> None:
     args.case_names = {CASES[n]: n for n in names}
     for layout in args.layouts or []:
         parse_layout(layout)
+    if min(args.vae_ranks) < 1:
+        raise ValueError(f"--vae-ranks {min(args.vae_ranks)} is not allowed; allowed: >= 1")
     for flag in ("steps", "warmup_steps"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} {getattr(args, flag)} is not allowed; allowed: >= 1")
@@ -239,13 +337,13 @@ def main(argv=None) -> int:
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")  # inherited by the spawned ranks
     rows, skipped = [], []
     for case in args.case_list:
-        rows += run_case(case, args, skipped)
-    print_table(rows, skipped)
+        rows += run_vae_decode(case, args, skipped) if args.vae_decode else run_case(case, args, skipped)
+    (print_vae_table if args.vae_decode else print_table)(rows, skipped)
     if args.json:
         device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
         with open(args.json, "w") as f:
             json.dump(dict(device=device, num_gpus=args.num_gpus, dtype=args.dtype, steps=args.steps,
-                           tol=args.tol, rows=rows, skipped=skipped), f, indent=1)
+                           tol=args.tol, vae_decode=args.vae_decode, rows=rows, skipped=skipped), f, indent=1)
     bad = [r for r in rows if r["match"] is False]
     for r in bad:
         print(f"MISMATCH {r['case']} {r['layout']}: rel err {r['rel_err']:.2e} > tol {args.tol:.0e}", file=sys.stderr)

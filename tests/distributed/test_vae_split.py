@@ -3,9 +3,15 @@ AutoencoderKL (GroupNorm, mid-block attention, 2 upsamplings) and a tiny random 
 temporal feature cache, chunked in time) decode latents of odd heights that do not divide by the ranks equal
 to the one-process decode (rel L2 <= 1e-5), with the strips each rank decoded recorded; too few rows or Wan's
 tiling leave rank 0 decoding alone (same output, followers get None); the flux-tiny and wan-tiny pipelines
-return the one-process images and frames through the split; a conv that cannot be split is refused."""
+return the one-process images and frames through the split; a conv that cannot be split is refused;
+bench/parallel.py --vae-decode times the split on 2 gloo ranks."""
 
 from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -145,3 +151,20 @@ def test_a_conv_that_cannot_be_split_is_refused():
 
 def test_strip_rows_are_even_first_ranks_taller():
     assert strip_rows(60, 8) == (8, 8, 8, 8, 7, 7, 7, 7) and sum(strip_rows(61, 4)) == 61
+
+
+def test_bench_times_the_split_decode(tmp_path, capsys, monkeypatch):
+    # imported by name from bench/ on sys.path: the spawned ranks unpickle its rank function from there
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "bench"))
+    out = tmp_path / "vae.json"
+    argv = ["--vae-decode", "--device", "cpu", "--num-gpus", "2", "--cases", "flux-tiny", "--vae-ranks", "1", "2", "4",
+            "--steps", "1", "--json", str(out)]
+    try:
+        rc = importlib.import_module("parallel").main(argv)
+    finally:
+        sys.modules.pop("parallel", None)
+    assert rc == 0
+    rows = {r["ranks"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {1, 2} and rows[2]["strips"] == [4, 4] and rows[1]["strips"] is None
+    assert rows[2]["match"] is True and rows[2]["rel_err"] <= 1e-5 and rows[2]["decode_ms"] > 0
+    assert "flux-tiny         2" in capsys.readouterr().out

@@ -177,8 +177,8 @@ class _SplitGroupNorm(nn.Module):
         if self.strip.rows is None:
             return self.norm(x)
         norm = self.norm
-        B, C = x.shape[:2]
-        xf = x.float().reshape(B, norm.num_groups, -1)  # [B, G, n]
+        B, C, G = x.shape[0], x.shape[1], norm.num_groups
+        xf = x.float().reshape(B, G, -1)  # [B, G, n]
         var, mean = torch.var_mean(xf, dim=2, correction=0)
         count = torch.full_like(mean, xf.shape[2])
         parts = torch.stack(self.strip.all_gather(torch.stack([count, mean, var * count])))  # [ranks, 3, B, G]
@@ -186,10 +186,11 @@ class _SplitGroupNorm(nn.Module):
         total = n.sum(0)
         mean = (n * m).sum(0) / total
         var = (m2 + n * (m - mean) ** 2).sum(0) / total
-        y = (xf - mean[..., None]) * torch.rsqrt(var[..., None] + norm.eps)
-        shape = (1, C) + (1,) * (x.dim() - 2)
-        y = y.reshape(x.shape) * norm.weight.float().view(shape) + norm.bias.float().view(shape)
-        return y.to(x.dtype)
+        # y = (x - mean) * rstd * weight + bias = x * a + b per (sample, channel): one fused pass over x
+        a = torch.rsqrt(var + norm.eps).repeat_interleave(C // G, dim=1) * norm.weight.float()  # [B, C]
+        b = norm.bias.float() - mean.repeat_interleave(C // G, dim=1) * a
+        shape = (B, C) + (1,) * (x.dim() - 2)
+        return torch.addcmul(b.view(shape), xf.view(x.shape), a.view(shape)).to(x.dtype)
 
 
 class _SplitAttention(nn.Module):
