@@ -175,6 +175,15 @@ def bench_vae(size: str, args, device) -> dict:
             row["decode_ms"][variant], row["peak_gib"][variant] = o["ms"], o["peak_gib"]
             row["rel_l2_vs_diffusers"][variant] = rel_l2(o.pop("out"), expected)
         row["decode_ms"]["diffusers"], row["peak_gib"]["diffusers"] = r["ms"], r["peak_gib"]
+    if args.profile_top > 0:  # where our decode spends its GPU time (the first variant's settings), per kernel
+        from e2e_flux import kernel_breakdown, print_breakdown
+
+        variant = args.vae_variants[0]
+        ours.set_channels_last(variant[:2] == "cl")
+        ours.cudnn_benchmark = variant.endswith("b")
+        chunk = int(variant[2:].rstrip("b"))
+        row["kernel_breakdown"] = kernel_breakdown(lambda: ours.decode(z, chunk_frames=chunk), device, args.profile_top)
+        print_breakdown(row["kernel_breakdown"])
     return row
 
 
@@ -279,7 +288,8 @@ def main() -> None:
     parser.add_argument("--diffusers-sdpa", choices=["default", "cudnn", "flash"], default="default",
                         help="diffusers' attention: torch's SDPA choice (cuDNN on an H100), or one forced")
     parser.add_argument("--profile-top", type=int, default=0,
-                        help="also profile one fastdit pass per DiT case and list this many kernels (0: off)")
+                        help="also profile one fastdit pass per DiT case and one decode per VAE size, listing this "
+                             "many kernels (0: off)")
     parser.add_argument("--max-seconds", type=float, default=380.0, help="the whole plan's wall-clock budget")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
