@@ -11,7 +11,7 @@ A case is a model at a size (below); a layout names the degrees: 1 (one GPU, the
 4), r2 (ring 2), u2r2 (USP 2 x 2), cfg2 (CFG-parallel), cfg2u4 (CFG 2 x Ulysses 4). Each (case, layout)
 loads the pipeline on its ranks (PipelineWorkers: what `--num-gpus` gives users), runs --warmup-steps
 once, then --steps steps with the same seed, and reports the median step time (CUDA events on rank 0),
-the measured end to end of that run (text encode + steps, + VAE decode on rank 0 with --decode), an
+the measured end to end of that run (text encode + steps, + the split VAE decode with --decode), an
 estimate of end to end at the case's full step count (measured e2e + the missing steps at the median; the
 column says est), every rank's peak memory, speedup and efficiency (speedup / GPUs) against layout 1, and
 the rel. L2 difference of the final latents to layout 1's. Exit status 1 if any difference exceeds --tol;

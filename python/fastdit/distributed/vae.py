@@ -46,9 +46,10 @@ from fastdit.log import log_once
 from fastdit.models.vaes.autoencoder_kl import AutoencoderKL, MidBlockAttention
 from fastdit.models.vaes.autoencoder_kl_wan import AttentionBlock, AutoencoderKLWan
 
-# Latent rows per rank at least. Every 3-row conv recomputes nothing but reads 2 halo rows: at 4 latent
-# rows that is +50% input rows at the latent level (the cheap one) and +6% at the 8x level, where most of a
-# decode's time goes; below it the per-conv exchanges (latency bound) outweigh the shrinking strips.
+# Latent rows per rank at least. Every 3-row conv reads 2 halo rows more than its strip: at 4 latent rows
+# that is +50% input rows at the latent level (the cheap one) and +6% at the 8x level, where most of a
+# decode's time goes, while each conv's exchange costs a fixed latency. Chosen by that arithmetic, not yet
+# measured: bench/parallel.py --vae-decode times the split at 1, 2, 4 ranks (Wan 480p: 60 rows, FLUX 1024: 128).
 MIN_STRIP_ROWS = 4
 SPLIT_VAES = (AutoencoderKL, AutoencoderKLWan)
 
