@@ -53,11 +53,14 @@ def _vae(kind: str) -> nn.Module:
     return vae.eval()
 
 
-def _split_vs_single(groups, kind: str, shape: tuple[int, ...], kwargs: dict, tile: int | None = None):
+def _split_vs_single(groups, kind: str, shape: tuple[int, ...], kwargs: dict, tile: int | None = None,
+                     channels_last: bool = False):
     """(rel err of rank 0's split decode vs the unsplit one, strips decoded, followers all got None)."""
     vae = _vae(kind)
     if tile is not None:
         vae.enable_tiling(tile, tile * 3 // 4)
+    if channels_last:  # Wan's GPU layout: NDHWC activations, halo buffers and the gathered attention input too
+        vae.set_channels_last(True)
     z = torch.randn(shape, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         want = vae.decode(z, **kwargs)
@@ -71,14 +74,15 @@ def _split_vs_single(groups, kind: str, shape: tuple[int, ...], kwargs: dict, ti
     return None
 
 
-@pytest.mark.parametrize("world, kind, shape, kwargs, rows", [
-    (2, "flux", (2, 4, 9, 7), {}, (5, 4)),
-    (4, "flux", (1, 4, 19, 6), {}, (5, 5, 5, 4)),
-    (2, "wan", (1, 4, 3, 9, 5), {"chunk_frames": 1}, (5, 4)),
-    (4, "wan", (1, 4, 4, 17, 4), {"chunk_frames": 2}, (5, 4, 4, 4)),
+@pytest.mark.parametrize("world, kind, shape, kwargs, rows, channels_last", [
+    (2, "flux", (2, 4, 9, 7), {}, (5, 4), False),
+    (4, "flux", (1, 4, 19, 6), {}, (5, 5, 5, 4), False),
+    (2, "wan", (1, 4, 3, 9, 5), {"chunk_frames": 1}, (5, 4), False),
+    (2, "wan", (1, 4, 3, 9, 5), {"chunk_frames": 1}, (5, 4), True),
+    (4, "wan", (1, 4, 4, 17, 4), {"chunk_frames": 2}, (5, 4, 4, 4), False),
 ])
-def test_split_decode_equals_one_process(gloo, world, kind, shape, kwargs, rows):
-    err, strips, followers_none = gloo.run(world, _split_vs_single, kind, shape, kwargs)
+def test_split_decode_equals_one_process(gloo, world, kind, shape, kwargs, rows, channels_last):
+    err, strips, followers_none = gloo.run(world, _split_vs_single, kind, shape, kwargs, None, channels_last)
     assert strips == rows == strip_rows(shape[-2], world)
     assert followers_none
     assert err <= 1e-5

@@ -207,7 +207,9 @@ class _SplitAttention(nn.Module):
         heights = self.strip.heights(x)
         start = sum(heights[: self.strip.rank])
         rows = slice(start, start + heights[self.strip.rank])
-        return self.attn(gather_rows(x, self.strip), *args, rows=rows, **kwargs)
+        # in x's layout, so the output (x's rows + attention) stays channels-last for the next fused norm
+        whole = gather_rows(x, self.strip).contiguous(memory_format=_memory_format(x))
+        return self.attn(whole, *args, rows=rows, **kwargs)
 
 
 def _wrap(module: nn.Module, strip: _Strip) -> int:
