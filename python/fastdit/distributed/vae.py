@@ -76,7 +76,9 @@ class _Strip:
         """Rows of every rank's part of x [..., h_r, W] (this rank's part of an activation at some resolution)."""
         scale, rest = divmod(x.shape[-2], self.rows[self.rank])
         if rest:
-            raise ValueError(f"split VAE decode: {x.shape[-2]} rows are not a multiple of the strip's {self.rows[self.rank]}")
+            raise ValueError(
+                f"split VAE decode: {x.shape[-2]} rows are not a multiple of the strip's {self.rows[self.rank]}"
+            )
         return tuple(scale * r for r in self.rows)
 
     def all_gather(self, x: torch.Tensor) -> list[torch.Tensor]:
