@@ -9,8 +9,8 @@ One process per rank, each loading the pipeline onto its own GPU and applying th
 branches, and with --tp-size T the T5/UMT5 text encoder sharded over T consecutive ranks, tp.py).
 Every request goes to every rank (one queue each); every rank runs the same sampling loop on the same
 (gathered) latents and decodes its strip of them (vae.py; rank 0 alone where the split does not apply);
-rank 0 saves and replies. A request without a seed gets one here,
-so every rank draws the same noise. With one GPU nothing is spawned: the pipeline runs in this process.
+rank 0 saves and replies. A request without a seed gets one here, so every rank draws the same noise.
+With one GPU nothing is spawned: the pipeline runs in this process.
 The CLI uses one `run`; the server keeps the workers for its lifetime.
 """
 
