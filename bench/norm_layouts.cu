@@ -39,7 +39,7 @@ template <int V> void run_layouts(int mode, int rows, int dim, const RmsNormPara
     VecRowLayout L{V, tpr, rpb};
     const int blocks = (rows + rpb - 1) / rpb;
     float ms;
-    if (mode == 0) ms = time_ms([&] { rms_norm_kernel<T, V><<<blocks, tpr * rpb>>>(rp, L); });
+    if (mode == 0) ms = time_ms([&] { rms_norm_kernel<T, V, false><<<blocks, tpr * rpb>>>(rp, L); });
     else if (mode == 1) ms = time_ms([&] { modulated_layer_norm_kernel<T, false, V><<<blocks, tpr * rpb>>>(mp, L); });
     else ms = time_ms([&] { modulated_layer_norm_kernel<T, true, V><<<blocks, tpr * rpb>>>(mp, L); });
     cudaError_t e = cudaGetLastError();
@@ -64,7 +64,7 @@ int main() {
       float copy_ms = time_ms([&] { cudaMemcpyAsync(y, x, n * 2, cudaMemcpyDeviceToDevice);
                                     if (mode == 2) cudaMemcpyAsync(r, res, n * 2, cudaMemcpyDeviceToDevice); });
       float prod = time_ms([&] {
-        if (mode == 0) launch_rms_norm<T>(rp, 0);
+        if (mode == 0) launch_rms_norm<T>(rp, false, 0);
         else if (mode == 1) launch_layer_norm_modulate<T>(mp, 0);
         else launch_gated_residual_norm_modulate<T>(mp, 0);
       });

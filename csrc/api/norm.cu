@@ -1,4 +1,4 @@
-// C-ABI exports of the norm family: rms_norm, layer_norm_modulate, gated_residual_norm_modulate.
+// C-ABI exports of the norm family: rms_norm, rms_norm_silu, layer_norm_modulate, gated_residual_norm_modulate.
 // Each: validate -> device guard -> stream -> dtype dispatch -> launch -> check the error.
 // Python (fastdit/ops/<op>.py) allocates every output and mirrors the structs below with ctypes.
 #include "../norm/modulated_layer_norm.cuh"
@@ -107,7 +107,7 @@ FASTDIT_EXPORT int fastdit_rms_norm(const void* x, int64_t x_row_stride, const v
     using T = decltype(tag);
     fastdit::RmsNormParams<T> params{static_cast<const T*>(x), static_cast<const T*>(weight), static_cast<T*>(out),
                                      rows, dim, x_row_stride, eps};
-    fastdit::launch_rms_norm<T>(params, s);
+    fastdit::launch_rms_norm<T>(params, false, s);
   });
   if (status != FASTDIT_OK) return status;
   return fastdit::check_launch(op);
@@ -121,4 +121,34 @@ FASTDIT_EXPORT int fastdit_layer_norm_modulate(const fastdit_modulated_norm_para
 FASTDIT_EXPORT int fastdit_gated_residual_norm_modulate(const fastdit_modulated_norm_params* p, int dtype, int device,
                                                         void* stream) {
   return modulated_norm("gated_residual_norm_modulate", p, true, dtype, device, stream);
+}
+
+// y[rows, dim] = silu(rms_norm(x + pre_bias) * weight), y rows out_row_stride elements apart (a slice of a
+// larger buffer, e.g. the frames after a causal conv's time padding). pre_bias and weight may be null.
+FASTDIT_EXPORT int fastdit_rms_norm_silu(const void* x, int64_t x_row_stride, const void* pre_bias, const void* weight,
+                                         void* out, int64_t out_row_stride, int64_t rows, int64_t dim, float eps,
+                                         int dtype, int device, void* stream) {
+  const char* op = "rms_norm_silu";
+  const char* width_error = validate_row_width(dim);
+  FASTDIT_REQUIRE(op, width_error == nullptr, width_error ? width_error : "");
+  FASTDIT_REQUIRE(op, rows >= 0 && rows <= INT32_MAX, "rows must be >= 0 and below 2^31");
+  FASTDIT_REQUIRE(op, x && out && fastdit::aligned16(x) && fastdit::aligned16(out),
+                  "x and out must be non-null and 16-byte aligned");
+  FASTDIT_REQUIRE(op, x_row_stride % fastdit::kVecElems == 0 && x_row_stride >= dim,
+                  "x_row_stride must be a multiple of 8 and >= dim");
+  FASTDIT_REQUIRE(op, out_row_stride % fastdit::kVecElems == 0 && out_row_stride >= dim,
+                  "out_row_stride must be a multiple of 8 and >= dim");
+  FASTDIT_REQUIRE(op, weight == nullptr || fastdit::aligned16(weight), "weight must be 16-byte aligned");
+  FASTDIT_REQUIRE(op, pre_bias == nullptr || fastdit::aligned16(pre_bias), "pre_bias must be 16-byte aligned");
+  if (rows == 0) return FASTDIT_OK;
+  FASTDIT_DEVICE_GUARD(op, device);
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  int status = fastdit::dispatch_half(op, dtype, [&](auto tag) {
+    using T = decltype(tag);
+    fastdit::RmsNormParams<T> params{static_cast<const T*>(x), static_cast<const T*>(weight), static_cast<T*>(out),
+                                     rows, dim, x_row_stride, eps, static_cast<const T*>(pre_bias), out_row_stride};
+    fastdit::launch_rms_norm<T>(params, true, s);
+  });
+  if (status != FASTDIT_OK) return status;
+  return fastdit::check_launch(op);
 }
