@@ -132,13 +132,26 @@ def test_cudnn_benchmark_is_scoped_to_encode_and_decode(pair, monkeypatch):
 
 
 def test_channels_last_decode_and_encode_match_diffusers(pair, monkeypatch):
-    """NDHWC activations: convs on channels-last weights, channel norms through the fused ops.rms_norm."""
+    """NDHWC activations: convs on channels-last weights, channel norms (each followed by SiLU in the residual
+    blocks and heads) through the fused ops.rms_norm_silu, conv1's bias folded into norm2's pre_bias and conv2's
+    into the residual add (ops.add_bias_residual)."""
     from fastdit import ops
 
     ref, ours = pair
     calls = []
-    rms_norm = ops.rms_norm
-    monkeypatch.setattr(ops, "rms_norm", lambda x, w, eps, backend: calls.append(x.shape) or rms_norm(x, w, eps, backend))
+    rms_norm_silu, add_bias_residual = ops.rms_norm_silu, ops.add_bias_residual
+    residual_adds = []
+
+    def counted(x, w, eps, pre_bias=None, out=None, backend="auto"):
+        calls.append((x.shape, pre_bias is not None))
+        return rms_norm_silu(x, w, eps, pre_bias=pre_bias, out=out, backend=backend)
+
+    def counted_add(y, h, b, out=None, backend="auto"):
+        residual_adds.append(y.shape)
+        return add_bias_residual(y, h, b, out=out, backend=backend)
+
+    monkeypatch.setattr(ops, "rms_norm_silu", counted)
+    monkeypatch.setattr(ops, "add_bias_residual", counted_add)
     g = torch.Generator().manual_seed(4)
     z = torch.randn(1, 4, 3, 5, 7, generator=g)
     x = torch.rand(1, 3, 5, 40, 48, generator=g) * 2 - 1
@@ -156,7 +169,10 @@ def test_channels_last_decode_and_encode_match_diffusers(pair, monkeypatch):
     assert _rel(got_enc, expected_enc) <= 1e-4
     norms = sum(isinstance(m, type(ours.decoder.norm_out)) and m.gamma.dim() == 4 for m in ours.modules())
     assert len(calls) >= norms  # every video norm of the decode and encode passes took the fused path
-    assert all(shape[-1] in (8, 16) for shape in calls)  # over channels (the last dim of the NDHWC view)
+    assert all(shape[-1] in (8, 16) for shape, _ in calls)  # over channels (the last dim of the NDHWC view)
+    resblocks = sum(type(m).__name__ == "ResidualBlock" for m in ours.modules())
+    assert sum(folded for _, folded in calls) >= resblocks  # every residual block's norm2 took conv1's bias
+    assert len(residual_adds) >= resblocks  # ... and its residual add conv2's (and the shortcut's)
 
 
 def test_bad_inputs_are_one_line_errors(pair):

@@ -82,8 +82,12 @@ class CausalConv3d(nn.Conv3d):
     """Conv3d padded causally in time (2 * pad_t frames in front, none behind), symmetric in space.
 
     With a `stream`, the front padding is the tail of the previous chunk's input instead of zeros.
-    silu=True convolves silu(x): the activation is written straight into the time-padded input buffer, so the
-    padding (cached tail or zeros) costs no extra full-size copy of the activations (a pad or cat would).
+    The input may be an activation of x, written straight into the time-padded input buffer, so the padding
+    (cached tail or zeros) costs no extra full-size copy of the activations (a pad or cat would):
+      silu=True        convolves silu(x);
+      norm=n           convolves silu(n(x + pre_bias)) (n a ChannelRMSNorm; pre_bias [C] or None): one fused
+                       kernel on channels-last activations (ops.rms_norm_silu), the previous conv's bias folded in.
+    skip_bias=True: the conv adds no bias (the caller folds it into what reads the output).
     """
 
     def __init__(self, in_dim: int, out_dim: int, kernel, stride=1, padding=0):
@@ -94,20 +98,22 @@ class CausalConv3d(nn.Conv3d):
         self.padding = (0, p_h, p_w)
         self.channels_last = False  # keep NDHWC outputs (a no-op where cuDNN returns them; CPU convs do not)
 
-    def forward(self, x: torch.Tensor, stream: Stream | None = None, silu: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, stream: Stream | None = None, silu: bool = False,
+                norm: ChannelRMSNorm | None = None, pre_bias: torch.Tensor | None = None,
+                skip_bias: bool = False) -> torch.Tensor:
+        act = _activation(silu, norm, pre_bias)
         p = self.causal_t
         if p:
             prev = stream.get(self) if stream is not None else None
-            x = self._time_padded(x, prev, silu)
+            x = self._time_padded(x, prev, act)
             if stream is not None:
                 stream[self] = x[:, :, -p:].clone()
-        elif silu:
-            x = F.silu(x)
-        y = super().forward(x)
+        elif act is not None:
+            x = act(x, None)
+        y = self._conv_forward(x, self.weight, None if skip_bias else self.bias)
         return y.contiguous(memory_format=torch.channels_last_3d) if self.channels_last else y
 
-
-    def _time_padded(self, x: torch.Tensor, prev: torch.Tensor | None, silu: bool) -> torch.Tensor:
+    def _time_padded(self, x: torch.Tensor, prev: torch.Tensor | None, act) -> torch.Tensor:
         """[prev or zeros (causal_t frames), act(x)] along time, in x's memory layout: one write of act(x)."""
         p = self.causal_t
         B, C, T, H, W = x.shape
@@ -117,11 +123,22 @@ class CausalConv3d(nn.Conv3d):
             out[:, :, :p].zero_()
         else:
             out[:, :, :p].copy_(prev)
-        if silu:
-            torch.ops.aten.silu.out(x, out=out[:, :, p:])
+        if act is not None:
+            act(x, out[:, :, p:])
         else:
             out[:, :, p:].copy_(x)
         return out
+
+
+def _activation(silu: bool, norm: ChannelRMSNorm | None, pre_bias: torch.Tensor | None):
+    """act(x, out | None) -> the conv input (written into out when given), or None for x itself."""
+    if norm is not None:
+        return lambda x, out: norm.silu(x, pre_bias, out)
+    if pre_bias is not None:
+        raise ValueError("CausalConv3d: pre_bias is folded into the norm; it needs norm=")
+    if silu:
+        return lambda x, out: F.silu(x) if out is None else torch.ops.aten.silu.out(x, out=out)
+    return None
 
 
 class ChannelRMSNorm(nn.Module):
@@ -138,16 +155,45 @@ class ChannelRMSNorm(nn.Module):
         self.gamma = nn.Parameter(torch.ones(dim, *((1, 1) if images else (1, 1, 1))))
         self.kernel_backend = "auto"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _rows(x: torch.Tensor) -> torch.Tensor | None:
+        """The [B, T, H, W, C] view of a channels-last video x [B, C, T, H, W], or None."""
         if x.dim() == 5 and x.shape[1] > 1 and x.permute(0, 2, 3, 4, 1).is_contiguous():
-            y = ops.rms_norm(x.permute(0, 2, 3, 4, 1), self.gamma.view(-1), 1e-12, backend=self.kernel_backend)
+            return x.permute(0, 2, 3, 4, 1)
+        return None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = self._rows(x)
+        if rows is not None:
+            y = ops.rms_norm(rows, self.gamma.view(-1), 1e-12, backend=self.kernel_backend)
             return y.permute(0, 4, 1, 2, 3)
         xn = F.normalize(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x, dim=1).to(x.dtype)
         return xn * self.scale * self.gamma
 
+    def silu(self, x: torch.Tensor, pre_bias: torch.Tensor | None = None,
+             out: torch.Tensor | None = None) -> torch.Tensor:
+        """silu(self(x + pre_bias)), pre_bias [C] (a conv's bias) or None, written into out when given. A
+        channels-last video whose out rows share one stride (batch 1, or no out) runs ops.rms_norm_silu: one
+        pass, the sum x + pre_bias in fp32; otherwise the same math in separate ops."""
+        rows = self._rows(x)
+        out_rows = None if out is None else out.permute(0, 2, 3, 4, 1)
+        if rows is not None and (out_rows is None or out.shape[0] == 1):
+            y = ops.rms_norm_silu(rows, self.gamma.view(-1), 1e-12, pre_bias=pre_bias, out=out_rows,
+                                  backend=self.kernel_backend)
+            return y.permute(0, 4, 1, 2, 3)
+        if pre_bias is not None:
+            x = x + pre_bias.view(1, -1, *([1] * (x.dim() - 2)))
+        y = self(x)
+        return F.silu(y) if out is None else torch.ops.aten.silu.out(y, out=out)
+
 
 class ResidualBlock(nn.Module):
-    """x + conv2(silu(norm2(conv1(silu(norm1(x)))))), shortcut a 1x1x1 conv when the width changes."""
+    """x + conv2(silu(norm2(conv1(silu(norm1(x)))))), shortcut a 1x1x1 conv when the width changes.
+
+    The convs' biases cost no pass of their own (torch adds a channels-last conv's bias in a separate kernel):
+    conv1's is added inside norm2's fused kernel, conv2's (and the shortcut's) inside the residual add
+    (ops.add_bias_residual). Not when a plan wrapped the convs: distributed/vae.py's halo convs pad their input
+    rows with zeros, which must stay zero after the norm (silu(norm(0 + bias)) would not)."""
 
     def __init__(self, in_dim: int, out_dim: int):
         super().__init__()
@@ -158,10 +204,25 @@ class ResidualBlock(nn.Module):
         self.conv_shortcut = CausalConv3d(in_dim, out_dim, 1) if in_dim != out_dim else None
 
     def forward(self, x: torch.Tensor, stream: Stream) -> torch.Tensor:
-        h = x if self.conv_shortcut is None else self.conv_shortcut(x)
-        x = self.conv1(self.norm1(x), stream, silu=True)
-        x = self.conv2(self.norm2(x), stream, silu=True)
-        return x + h
+        fold = type(self.conv1) is CausalConv3d and type(self.conv2) is CausalConv3d
+        shortcut = self.conv_shortcut
+        h = x if shortcut is None else shortcut(x, skip_bias=fold)
+        y = self.conv1(x, stream, norm=self.norm1, skip_bias=fold)
+        y = self.conv2(y, stream, norm=self.norm2, pre_bias=self.conv1.bias if fold else None, skip_bias=fold)
+        if not fold:
+            return y + h
+        bias = self.conv2.bias if shortcut is None else self.conv2.bias + shortcut.bias
+        return _add_bias_residual(y, h, bias)
+
+
+def _add_bias_residual(y: torch.Tensor, h: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """y + h + bias (per channel) for videos [B, C, T, H, W]: one fused pass into y when both are channels-last,
+    else two torch ops."""
+    y_rows, h_rows = ChannelRMSNorm._rows(y), ChannelRMSNorm._rows(h)
+    if y_rows is not None and h_rows is not None:
+        ops.add_bias_residual(y_rows, h_rows, bias, out=y_rows)
+        return y
+    return (y + h).add_(bias.view(1, -1, 1, 1, 1))
 
 
 class AttentionBlock(nn.Module):
@@ -308,7 +369,7 @@ class Encoder3d(nn.Module):
         for layer in self.down_blocks:
             x = layer(x, stream)
         x = self.mid_block(x, stream)
-        return self.conv_out(self.norm_out(x), stream, silu=True)
+        return self.conv_out(x, stream, norm=self.norm_out)
 
 
 class Decoder3d(nn.Module):
@@ -336,7 +397,7 @@ class Decoder3d(nn.Module):
         x = self.mid_block(self.conv_in(x, stream), stream)
         for block in self.up_blocks:
             x = block(x, stream)
-        return self.conv_out(self.norm_out(x), stream, silu=True)
+        return self.conv_out(x, stream, norm=self.norm_out)
 
 
 # tiling
