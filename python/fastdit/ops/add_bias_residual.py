@@ -28,8 +28,9 @@ def add_bias_residual_ref(y: torch.Tensor, residual: torch.Tensor, bias: torch.T
 
 def _cuda_impl(y: torch.Tensor, residual: torch.Tensor, bias: torch.Tensor, out: torch.Tensor) -> None:
     fn = lib.export("fastdit_add_bias_residual", _ARGTYPES)
-    status = fn(lib.ptr(y), lib.ptr(residual), lib.ptr(lib.fresh_if_misaligned(bias)), lib.ptr(out), y.numel(),
-                bias.numel(), lib.DTYPE_CODES[y.dtype], y.device.index, lib.stream_of(y))
+    residual, bias = lib.fresh_if_misaligned(residual), lib.fresh_if_misaligned(bias)
+    status = fn(lib.ptr(y), lib.ptr(residual), lib.ptr(bias), lib.ptr(out), y.numel(), bias.numel(),
+                lib.DTYPE_CODES[y.dtype], y.device.index, lib.stream_of(y))
     lib.check("add_bias_residual", status)
 
 
@@ -60,7 +61,7 @@ def _check(y: torch.Tensor, residual: torch.Tensor, bias: torch.Tensor, out: tor
 
 def _cuda_reason(y: torch.Tensor, residual: torch.Tensor, bias: torch.Tensor, out: torch.Tensor) -> str | None:
     reason = lib.cuda_common_reason(y)
-    if reason is None and not lib.aligned16(residual, out):
+    if reason is None and not (lib.offset_aligned16(residual) and lib.offset_aligned16(out)):
         reason = "residual and out must be 16-byte aligned"
     return reason
 

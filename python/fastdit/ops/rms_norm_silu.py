@@ -104,7 +104,7 @@ def _cuda_reason(x: torch.Tensor, weight: torch.Tensor | None, pre_bias: torch.T
     if reason is None:
         out_rows = _rows(out)
         stride = lib.row_stride(out_rows)
-        if not lib.aligned16(out_rows) or stride % 8 != 0 or stride < x.shape[-1]:
+        if not lib.offset_aligned16(out_rows) or stride % 8 != 0 or stride < x.shape[-1]:
             reason = f"out rows (stride {stride}) must be 16-byte aligned with a row stride that is a multiple of 8"
     return reason
 
