@@ -73,9 +73,10 @@ __global__ void __launch_bounds__(kVecRowThreads) rms_norm_kernel(RmsNormParams<
 #pragma unroll
       for (int e = 0; e < kVecElems; ++e) v[e] *= inv_rms;
     }
-    if (kSiLU) {
+    if (kSiLU) {  // v * sigmoid(v) as one ex2 and one fast divide (gelu_tanh.cuh's form; -0 for v << 0)
+      constexpr float kLog2e = 1.4426950408889634f;
 #pragma unroll
-      for (int e = 0; e < kVecElems; ++e) v[e] = v[e] / (1.f + __expf(-v[e]));
+      for (int e = 0; e < kVecElems; ++e) v[e] = __fdividef(v[e], 1.f + exp2f(-kLog2e * v[e]));
     }
     store8(out + c * kVecElems, v);
   });
