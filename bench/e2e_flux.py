@@ -291,9 +291,13 @@ def print_table(rows: list[dict], steps: list[int]) -> None:
                "vae_decode_ms"]
     columns += [f"{k}_{s}{u}" for s in steps for k, u in (("e2e", "_ms"), ("peak", "_gib"), ("rel_err", ""))]
     print(" ".join(f"{c.removesuffix('_ms').removesuffix('_gib'):>17}" for c in columns))
+    def cell(value) -> str:  # a missing or None value (e.g. rel_err without diffusers in the run) prints nan
+        if isinstance(value, (str, int)):
+            return f"{value!s:>17}"
+        return f"{float('nan') if value is None else value:>17.4g}"
+
     for r in rows:
-        print(" ".join(f"{r.get(c, float('nan')):>17.4g}" if not isinstance(r.get(c), (str, int)) else f"{r[c]!s:>17}"
-                       for c in columns))
+        print(" ".join(cell(r.get(c)) for c in columns))
 
 
 def main() -> None:
