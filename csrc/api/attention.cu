@@ -4,7 +4,7 @@
 //   fastdit_attention_fwd(args, device, stream): validate -> device guard -> stream -> dtype/head-dim
 //   dispatch -> launch -> check the launch error.
 //   fastdit_attention_fwd_workspace(args, device, floats, flags): the scratch the split tail of that
-//   launch would use (0 floats: none); Python allocates it and zeroes the flags before each launch.
+//   launch would use (0 floats: none); Python allocates it once per device and stream (flags zeroed once).
 #include <cuda_runtime.h>
 
 #include <atomic>
@@ -145,7 +145,8 @@ FASTDIT_EXPORT int fastdit_attention_fwd(const FastditAttentionFwdArgs* args, in
 }
 
 // The split-tail scratch of the launch `args` describes (its pointers are not read): *floats fp32 values
-// and *flags int32 flags (zeroed before each launch), both 0 when the launch would not split its tail.
+// and *flags int32 flags (zeroed once by the caller; each launch leaves them zero), both 0 when the launch would
+// not split its tail.
 FASTDIT_EXPORT int fastdit_attention_fwd_workspace(const FastditAttentionFwdArgs* args, int device, int64_t* floats,
                                                    int32_t* flags) {
   const char* op = "fastdit_attention_fwd_workspace";

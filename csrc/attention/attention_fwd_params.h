@@ -29,8 +29,9 @@ struct FwdArguments {
   int64_t o_batch_stride = 0, o_row_stride = 0, o_head_stride = 0;
   float softmax_scale = 0.f;        // usually 1/sqrt(D)
   int num_sms = 0;                  // multiprocessors of the device (persistent grid size)
-  // Split tail (sm90 tile scheduler): fp32 scratch for the partial results and one int flag per SM, zeroed
-  // before the launch. Null, or fewer floats than the plan needs: no split.
+  // Split tail (sm90 tile scheduler): fp32 scratch for the partial results and one int flag per SM, zero
+  // before the launch (each launch leaves them zero). Null, or fewer floats than the plan needs: no split.
+  // One workspace serves one stream: two launches running at once must not share it.
   float* workspace = nullptr;
   int* workspace_flags = nullptr;
   int64_t workspace_floats = 0;

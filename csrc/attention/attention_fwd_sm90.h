@@ -13,7 +13,8 @@ template <class Element, int kHeadDim>
 cudaError_t launch_attention_fwd_sm90(FwdArguments const& args, cudaStream_t stream);
 
 // fp32 workspace floats the launch with these arguments would use for its split tail (0: none). The
-// caller passes that many (and num_sms zeroed flags) in args.workspace / workspace_flags.
+// caller passes that many (and num_sms flags, zeroed once: every launch leaves them zero) in args.workspace /
+// workspace_flags.
 template <class Element, int kHeadDim>
 int64_t attention_fwd_sm90_workspace_floats(FwdArguments const& args);
 

@@ -93,7 +93,10 @@ struct FwdEpilogue {
 
   // Merges the contributions of slots [first, last] into this thread's normalized O and LSE:
   //   lse' = log(e^lse + e^lse_p),  O' = O e^(lse - lse') + O_p e^(lse_p - lse')   per row.
-  // Spins until each slot's flag counts every thread (acquire), and reads around L1 (ld.global.cg).
+  // Spins until each slot's flag counts every writer (acquire), and reads around L1 (ld.global.cg). Then
+  // each reader counts itself in too, and the last of them sets the flag back to 0, so the flags are zero
+  // again when the launch ends (the next launch reuses them without a memset). A reader never sees the
+  // flag drop below kThreads before it has passed its own wait: it only drops after all readers counted.
   template <class FragO>
   __device__ static void merge_partials(float4 const* workspace, int* flags, int first, int last, FragO& tOrO,
                                         float (&lse)[2], int mma_thread_idx) {
@@ -113,6 +116,7 @@ struct FwdEpilogue {
       }
       float4 const lse_peer = __ldcg(src + (P::kChunks - 1) * P::kThreads);
       float const lp[2] = {lse_peer.x, lse_peer.y};
+      if (atomicAdd(flags + slot, 1) == 2 * P::kThreads - 1) flags[slot] = 0;  // the last reader resets it
       CUTE_UNROLL
       for (int mi = 0; mi < 2; ++mi) {
         float const m = fmaxf(lse[mi], lp[mi]);

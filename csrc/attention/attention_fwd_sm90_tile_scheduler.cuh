@@ -17,7 +17,8 @@
 //     the partial results of the CTAs that hold the tile's earlier key blocks (its peers) and stores;
 //   - a segment that does not end it is a CONTRIBUTION: normalized partial O and its LSE go to the
 //     workspace slot of the CTA (one per CTA: only a run's last segment can stop short of its tile's
-//     end), then the CTA raises its flag.
+//     end), then the CTA raises its flag; the owner lowers it back to 0 once read, so the flags are all
+//     zero between launches (Python zeroes them once, when it allocates them).
 // Every CTA does its contribution first, before any segment it owns: an owner only ever waits for
 // contributions, which never wait themselves, so there is no cycle (all P CTAs are resident: the
 // grid is at most the SM count and the kernel runs one CTA per SM).

@@ -52,7 +52,7 @@ struct FwdKernel {
     typename Epilogue::Params epilogue;
     typename Scheduler::Params scheduler;
     float4* workspace;  // split tail: one contribution slot per CTA (Epilogue::Partial)
-    int* flags;         // [grid] zeros at launch; a slot's flag counts its writers
+    int* flags;         // [grid] zero at launch (each launch leaves them zero); a slot's flag counts its writers
   };
 
   using FragO = decltype(partition_fragment_C(typename Mainloop::TiledMmaPV{},

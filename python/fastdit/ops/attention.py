@@ -66,10 +66,12 @@ def _strides(t: torch.Tensor) -> tuple[int, int, int]:
 
 # The sm90 kernel's split tail (csrc/attention/attention_fwd_sm90_tile_scheduler.cuh): when the last wave of
 # query tiles would leave SMs idle, every SM takes an equal share of those tiles' key blocks and the partial
-# results are merged by LSE. It needs fp32 scratch and zeroed flags per launch, sized by the library per call
-# shape (cached here: one ctypes query per new shape).
+# results are merged by LSE. It needs fp32 scratch and int flags that are zero at launch; every launch leaves
+# its flags zero again, so one buffer per device and stream is allocated (flags zeroed) once and reused: no
+# memset per call. The scratch a call shape needs comes from the library, cached per shape.
 _tail_split_enabled = True
 _workspace_sizes: dict[tuple, tuple[int, int]] = {}
+_workspaces: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 @contextlib.contextmanager
@@ -84,25 +86,36 @@ def tail_split(enabled: bool):
         _tail_split_enabled = previous
 
 
-def _workspace(a: _FwdArgs, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(fp32 scratch, zeroed int32 flags) for the split tail of the launch `a` describes, or (None, None)."""
-    if not _tail_split_enabled or a.seqlens_k is not None:
-        return None, None
+def _workspace_size(a: _FwdArgs, device: torch.device) -> tuple[int, int]:
+    """(fp32 floats, int32 flags) the launch `a` describes needs for its split tail; (0, 0) for none."""
     key = (device.index, a.dtype, a.batch, a.seqlen_q, a.seqlen_k, a.num_heads, a.head_dim)
     sizes = _workspace_sizes.get(key)
     if sizes is None:
         lib = _library()
         if not hasattr(lib, "fastdit_attention_fwd_workspace"):
-            return None, None
+            return 0, 0
         floats, flags = ctypes.c_int64(0), ctypes.c_int32(0)
         fn = _lib.export("fastdit_attention_fwd_workspace", (ctypes.POINTER(_FwdArgs), ctypes.c_int,
                                                              ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_int32)))
         _lib.check("attention_fwd_workspace", fn(ctypes.byref(a), device.index, ctypes.byref(floats), ctypes.byref(flags)))
         sizes = _workspace_sizes[key] = (floats.value, flags.value)
-    if sizes[0] == 0:
+    return sizes
+
+
+def _workspace(a: _FwdArgs, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(fp32 scratch, int32 flags, zero between launches) for the split tail of the launch `a` describes on
+    the current stream, or (None, None). Grown (and its flags zeroed) when a call needs more."""
+    if not _tail_split_enabled or a.seqlens_k is not None:
         return None, None
-    return (torch.empty(sizes[0], dtype=torch.float32, device=device),
-            torch.zeros(sizes[1], dtype=torch.int32, device=device))
+    floats, flags = _workspace_size(a, device)
+    if floats == 0:
+        return None, None
+    key = (device.index, torch.cuda.current_stream(device).cuda_stream)
+    held = _workspaces.get(key)
+    if held is None or held[0].numel() < floats or held[1].numel() < flags:
+        held = _workspaces[key] = (torch.empty(floats, dtype=torch.float32, device=device),
+                                   torch.zeros(flags, dtype=torch.int32, device=device))
+    return held
 
 
 def _launch_cuda(q, k, v, out, lse, seqlens_k, scale: float) -> None:
