@@ -182,6 +182,16 @@ def init_dummy_weights(module: torch.nn.Module, seed: int = 0) -> None:
                 param.zero_()
 
 
+def init_dummy_weights_through(unfused: torch.nn.Module, views: Mapping[str, torch.Tensor], seed: int = 0) -> None:
+    """init_dummy_weights of an UNFUSED model (built on meta) written into a fused model's tensors: each of its
+    parameters becomes the view of the same checkpoint key (`views`, e.g. flux_checkpoint_state_dict), so the
+    fused model gets exactly the numbers the unfused one would (same seed)."""
+    for name, _ in list(unfused.named_parameters()):
+        owner, _, leaf = name.rpartition(".")  # owner "" = the model itself
+        unfused.get_submodule(owner)._parameters[leaf] = torch.nn.Parameter(views[name], requires_grad=False)
+    init_dummy_weights(unfused, seed=seed)
+
+
 @contextlib.contextmanager
 def _parameters_on_meta() -> Iterator[None]:
     """While active, every nn.Parameter registered goes to the meta device (no memory, no init cost);

@@ -38,6 +38,7 @@ from fastdit.layers.rope import rope_cos_sin
 from fastdit.loader.weights import (
     build_module,
     init_dummy_weights,
+    init_dummy_weights_through,
     load_state_dict,
     load_weights,
     read_config,
@@ -505,14 +506,10 @@ def flux_checkpoint_state_dict(model: FluxTransformer2DModel) -> dict[str, torch
 
 def _init_dummy_fused(model: FluxTransformer2DModel, seed: int) -> None:
     """init_dummy_weights of the UNFUSED model (same seed: the same numbers), written through checkpoint
-    views into the fused tensors: a shadow unfused module whose parameters are those views."""
-    views = flux_checkpoint_state_dict(model)
+    views into the fused tensors."""
     with torch.device("meta"):
         shadow = FluxTransformer2DModel(model.config)
-    for name, _ in list(shadow.named_parameters()):
-        owner, leaf = name.rsplit(".", 1)
-        shadow.get_submodule(owner)._parameters[leaf] = nn.Parameter(views[name], requires_grad=False)
-    init_dummy_weights(shadow, seed=seed)
+    init_dummy_weights_through(shadow, flux_checkpoint_state_dict(model), seed)
 
 
 def load_flux_transformer(folder: str | None = None, preset: str | None = None, dtype: torch.dtype = torch.bfloat16,

@@ -512,16 +512,12 @@ def wan_checkpoint_state_dict(model: WanTransformer3DModel) -> dict[str, torch.T
 
 def _init_dummy_fused(model: WanTransformer3DModel, seed: int) -> None:
     """init_dummy_weights of the UNFUSED model (same seed: the same numbers), written through checkpoint
-    views into the fused tensors: a shadow unfused module whose parameters are those views."""
-    from fastdit.loader.weights import init_dummy_weights
+    views into the fused tensors."""
+    from fastdit.loader.weights import init_dummy_weights_through
 
-    views = wan_checkpoint_state_dict(model)
     with torch.device("meta"):
         shadow = WanTransformer3DModel(model.config)
-    for name, _ in list(shadow.named_parameters()):
-        owner, _, leaf = name.rpartition(".")  # owner "" = the model (its scale_shift_table)
-        shadow.get_submodule(owner)._parameters[leaf] = nn.Parameter(views[name], requires_grad=False)
-    init_dummy_weights(shadow, seed=seed)
+    init_dummy_weights_through(shadow, wan_checkpoint_state_dict(model), seed)
 
 
 def load_wan_transformer(
