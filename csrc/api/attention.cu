@@ -150,7 +150,8 @@ FASTDIT_EXPORT int fastdit_attention_fwd(const FastditAttentionFwdArgs* args, in
 FASTDIT_EXPORT int fastdit_attention_fwd_workspace(const FastditAttentionFwdArgs* args, int device, int64_t* floats,
                                                    int32_t* flags) {
   const char* op = "fastdit_attention_fwd_workspace";
-  FASTDIT_REQUIRE(op, args != nullptr && floats != nullptr && flags != nullptr, "args, floats and flags must be non-null");
+  FASTDIT_REQUIRE(op, args != nullptr && floats != nullptr && flags != nullptr,
+                  "args, floats and flags must be non-null");
   int major = 0, num_sms = 0;
   if (!device_properties(device, &major, &num_sms)) {
     cudaGetLastError();

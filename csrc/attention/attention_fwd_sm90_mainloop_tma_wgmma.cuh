@@ -4,8 +4,9 @@
 //
 // Per query tile of kBlockM rows, key blocks [n_begin, n_end) are visited from the last (the only one
 // that can be partial, masked) down to n_begin (a whole tile: n_begin = 0, n_end = its block count;
-// a segment of the split tail: part of that range, see the tile scheduler). K and V have separate kStages-deep TMA pipelines; V of block n is loaded one step
-// after K of block n because the consumer uses it one step later ("intra-warpgroup overlap"):
+// a segment of the split tail: part of that range, see the tile scheduler). K and V have separate
+// kStages-deep TMA pipelines; V of block n is loaded one step after K of block n because the consumer
+// uses it one step later ("intra-warpgroup overlap"):
 //
 //   S_n   = Q K_n^T                       (wgmma SS, issued async)
 //   O    += P_{n+1} V_{n+1}               (wgmma RS: P straight from registers, issued async)

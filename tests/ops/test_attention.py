@@ -229,14 +229,20 @@ int main() {
                           {36, 24, 2, 24, 132}, {8, 1, 1, 11, 132}, {1, 1, 1, 5, 132}, {36, 24, 1, 24, 114}};
   for (const auto& c : cases) {
     ++plans;
-    if (check(c[0], c[1], c[2], c[3], c[4], &splits)) { printf("plan %d %d %d %d %d\n", c[0], c[1], c[2], c[3], c[4]); ++bad; }
+    if (check(c[0], c[1], c[2], c[3], c[4], &splits)) {
+      printf("plan %d %d %d %d %d\n", c[0], c[1], c[2], c[3], c[4]);
+      ++bad;
+    }
   }
   for (int sms : {7, 66, 132})
     for (int mb = 1; mb <= 40; mb += 3)
       for (int heads = 1; heads <= 9; heads += 4)
         for (int nb = 1; nb <= 60; nb += 7) {
           ++plans;
-          if (check(mb, heads, 1 + mb % 2, nb, sms, &splits)) { printf("plan %d %d %d %d %d\n", mb, heads, 1 + mb % 2, nb, sms); ++bad; }
+          if (check(mb, heads, 1 + mb % 2, nb, sms, &splits)) {
+            printf("plan %d %d %d %d %d\n", mb, heads, 1 + mb % 2, nb, sms);
+            ++bad;
+          }
         }
   printf("%d plans, %d split\n", plans, splits);
   return bad != 0 || splits < plans / 4;

@@ -95,9 +95,10 @@ def _workspace_size(a: _FwdArgs, device: torch.device) -> tuple[int, int]:
         if not hasattr(lib, "fastdit_attention_fwd_workspace"):
             return 0, 0
         floats, flags = ctypes.c_int64(0), ctypes.c_int32(0)
-        fn = _lib.export("fastdit_attention_fwd_workspace", (ctypes.POINTER(_FwdArgs), ctypes.c_int,
-                                                             ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_int32)))
-        _lib.check("attention_fwd_workspace", fn(ctypes.byref(a), device.index, ctypes.byref(floats), ctypes.byref(flags)))
+        argtypes = (ctypes.POINTER(_FwdArgs), ctypes.c_int, ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_int32))
+        fn = _lib.export("fastdit_attention_fwd_workspace", argtypes)
+        status = fn(ctypes.byref(a), device.index, ctypes.byref(floats), ctypes.byref(flags))
+        _lib.check("attention_fwd_workspace", status)
         sizes = _workspace_sizes[key] = (floats.value, flags.value)
     return sizes
 
