@@ -395,6 +395,29 @@ def test_sm90_split_tail_under_cuda_graph():
         assert torch.equal(out, eager_out) and torch.equal(lse, eager_lse)
 
 
+@pytest.mark.gpu
+def test_sm90_split_tail_captured_before_any_eager_call(monkeypatch):
+    """A capture that finds no workspace yet takes its own (zeroed by a memset the graph records) and leaves
+    the device's buffer alone; the eager call after it creates that buffer: both equal the unsplit kernel."""
+    _needs_sm90()
+    monkeypatch.setattr(attention_op, "_workspaces", {})
+    q, k, v = _qkv(1, 4608, 4608, 24, 128, torch.bfloat16, "cuda", seed=7)
+    with attention_op.tail_split(False):
+        whole = attention_fwd(q, k, v, backend="cuda")
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = attention_fwd(q, k, v, backend="cuda")
+    assert attention_op._workspaces == {}
+    for _ in range(2):
+        out.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        torch.testing.assert_close(out.float(), whole.float(), atol=2e-2, rtol=2e-2)
+    eager = attention_fwd(q, k, v, backend="cuda")
+    assert list(attention_op._workspaces) == [q.device.index]
+    assert torch.equal(eager, out)
+
+
 # GPU: the Triton FA2-class path (sm80: A100, L40, RTX 4090; run here on whatever GPU there is) ---------------
 
 @pytest.mark.gpu

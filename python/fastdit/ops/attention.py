@@ -67,11 +67,15 @@ def _strides(t: torch.Tensor) -> tuple[int, int, int]:
 # The sm90 kernel's split tail (csrc/attention/attention_fwd_sm90_tile_scheduler.cuh): when the last wave of
 # query tiles would leave SMs idle, every SM takes an equal share of those tiles' key blocks and the partial
 # results are merged by LSE. It needs fp32 scratch and int flags that are zero at launch; every launch leaves
-# its flags zero again, so one buffer per device and stream is allocated (flags zeroed) once and reused: no
-# memset per call. The scratch a call shape needs comes from the library, cached per shape.
+# its flags zero again, so one buffer per device, allocated and zeroed eagerly once, serves every later call
+# (no memset per call), CUDA-graph captures included. Calls on one device must therefore not run at the same
+# time on two streams (fastdit's pipelines and server run one stream per device). A capture that finds no
+# buffer yet allocates its own from the graph's pool, zeroed by a memset the graph records. The scratch a call
+# shape needs comes from the library, cached per shape.
 _tail_split_enabled = True
 _workspace_sizes: dict[tuple, tuple[int, int]] = {}
-_workspaces: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+_workspaces: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+_outgrown: list[tuple[torch.Tensor, torch.Tensor]] = []  # kept alive: graphs captured on them still use them
 
 
 @contextlib.contextmanager
@@ -104,19 +108,23 @@ def _workspace_size(a: _FwdArgs, device: torch.device) -> tuple[int, int]:
 
 
 def _workspace(a: _FwdArgs, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(fp32 scratch, int32 flags, zero between launches) for the split tail of the launch `a` describes on
-    the current stream, or (None, None). Grown (and its flags zeroed) when a call needs more."""
+    """(fp32 scratch, int32 flags, zero between launches) for the split tail of the launch `a` describes, or
+    (None, None) when it does not split. The device's buffer (see above), grown eagerly when a call needs more."""
     if not _tail_split_enabled or a.seqlens_k is not None:
         return None, None
     floats, flags = _workspace_size(a, device)
     if floats == 0:
         return None, None
-    key = (device.index, torch.cuda.current_stream(device).cuda_stream)
-    held = _workspaces.get(key)
-    if held is None or held[0].numel() < floats or held[1].numel() < flags:
-        held = _workspaces[key] = (torch.empty(floats, dtype=torch.float32, device=device),
-                                   torch.zeros(flags, dtype=torch.int32, device=device))
-    return held
+    held = _workspaces.get(device.index)
+    if held is not None and held[0].numel() >= floats and held[1].numel() >= flags:
+        return held
+    fresh = (torch.empty(floats, dtype=torch.float32, device=device),
+             torch.zeros(flags, dtype=torch.int32, device=device))
+    if not torch.cuda.is_current_stream_capturing():  # a capture's buffer stays its own
+        if held is not None:
+            _outgrown.append(held)
+        _workspaces[device.index] = fresh
+    return fresh
 
 
 def _launch_cuda(q, k, v, out, lse, seqlens_k, scale: float) -> None:
