@@ -86,20 +86,33 @@ int modulated_norm(const char* op, const fastdit_modulated_norm_params* p, bool 
   return fastdit::check_launch(op);
 }
 
-// The checks rms_norm and rms_norm_silu share: the row width, the row count, x and out, x's row stride,
-// weight's alignment. Returns the message of the first that fails, or nullptr.
-const char* rms_rows_error(const void* x, int64_t x_row_stride, const void* weight, const void* out, int64_t rows,
-                           int64_t dim) {
-  if (const char* width_error = validate_row_width(dim)) return width_error;
-  if (rows < 0 || rows > INT32_MAX) return "rows must be >= 0 and below 2^31";
-  if (!x || !out || !fastdit::aligned16(x) || !fastdit::aligned16(out)) {
-    return "x and out must be non-null and 16-byte aligned";
-  }
-  if (x_row_stride % fastdit::kVecElems != 0 || x_row_stride < dim) {
-    return "x_row_stride must be a multiple of 8 and >= dim";
-  }
-  if (weight != nullptr && !fastdit::aligned16(weight)) return "weight must be 16-byte aligned";
-  return nullptr;
+// rms_norm and rms_norm_silu (silu = true): validate -> device guard -> stream -> dtype dispatch -> launch ->
+// check. The plain norm passes out_row_stride = dim and no pre_bias.
+int rms_norm_export(const char* op, const void* x, int64_t x_row_stride, const void* pre_bias, const void* weight,
+                    void* out, int64_t out_row_stride, int64_t rows, int64_t dim, float eps, bool silu, int dtype,
+                    int device, void* stream) {
+  const char* width_error = validate_row_width(dim);
+  FASTDIT_REQUIRE(op, width_error == nullptr, width_error ? width_error : "");
+  FASTDIT_REQUIRE(op, rows >= 0 && rows <= INT32_MAX, "rows must be >= 0 and below 2^31");
+  FASTDIT_REQUIRE(op, x && out && fastdit::aligned16(x) && fastdit::aligned16(out),
+                  "x and out must be non-null and 16-byte aligned");
+  FASTDIT_REQUIRE(op, x_row_stride % fastdit::kVecElems == 0 && x_row_stride >= dim,
+                  "x_row_stride must be a multiple of 8 and >= dim");
+  FASTDIT_REQUIRE(op, out_row_stride % fastdit::kVecElems == 0 && out_row_stride >= dim,
+                  "out_row_stride must be a multiple of 8 and >= dim");
+  FASTDIT_REQUIRE(op, weight == nullptr || fastdit::aligned16(weight), "weight must be 16-byte aligned");
+  FASTDIT_REQUIRE(op, pre_bias == nullptr || fastdit::aligned16(pre_bias), "pre_bias must be 16-byte aligned");
+  if (rows == 0) return FASTDIT_OK;
+  FASTDIT_DEVICE_GUARD(op, device);
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  int status = fastdit::dispatch_half(op, dtype, [&](auto tag) {
+    using T = decltype(tag);
+    fastdit::RmsNormParams<T> params{static_cast<const T*>(x), static_cast<const T*>(weight), static_cast<T*>(out),
+                                     rows, dim, x_row_stride, eps, static_cast<const T*>(pre_bias), out_row_stride};
+    fastdit::launch_rms_norm<T>(params, silu, s);
+  });
+  if (status != FASTDIT_OK) return status;
+  return fastdit::check_launch(op);
 }
 
 }  // namespace
@@ -107,20 +120,8 @@ const char* rms_rows_error(const void* x, int64_t x_row_stride, const void* weig
 // y[rows, dim] = rms_norm(x) * weight. x rows are x_row_stride elements apart; weight may be null.
 FASTDIT_EXPORT int fastdit_rms_norm(const void* x, int64_t x_row_stride, const void* weight, void* out, int64_t rows,
                                     int64_t dim, float eps, int dtype, int device, void* stream) {
-  const char* op = "rms_norm";
-  const char* rows_error = rms_rows_error(x, x_row_stride, weight, out, rows, dim);
-  FASTDIT_REQUIRE(op, rows_error == nullptr, rows_error ? rows_error : "");
-  if (rows == 0) return FASTDIT_OK;
-  FASTDIT_DEVICE_GUARD(op, device);
-  cudaStream_t s = static_cast<cudaStream_t>(stream);
-  int status = fastdit::dispatch_half(op, dtype, [&](auto tag) {
-    using T = decltype(tag);
-    fastdit::RmsNormParams<T> params{static_cast<const T*>(x), static_cast<const T*>(weight), static_cast<T*>(out),
-                                     rows, dim, x_row_stride, eps};
-    fastdit::launch_rms_norm<T>(params, false, s);
-  });
-  if (status != FASTDIT_OK) return status;
-  return fastdit::check_launch(op);
+  return rms_norm_export("rms_norm", x, x_row_stride, nullptr, weight, out, dim, rows, dim, eps, false, dtype, device,
+                         stream);
 }
 
 FASTDIT_EXPORT int fastdit_layer_norm_modulate(const fastdit_modulated_norm_params* p, int dtype, int device,
@@ -138,21 +139,6 @@ FASTDIT_EXPORT int fastdit_gated_residual_norm_modulate(const fastdit_modulated_
 FASTDIT_EXPORT int fastdit_rms_norm_silu(const void* x, int64_t x_row_stride, const void* pre_bias, const void* weight,
                                          void* out, int64_t out_row_stride, int64_t rows, int64_t dim, float eps,
                                          int dtype, int device, void* stream) {
-  const char* op = "rms_norm_silu";
-  const char* rows_error = rms_rows_error(x, x_row_stride, weight, out, rows, dim);
-  FASTDIT_REQUIRE(op, rows_error == nullptr, rows_error ? rows_error : "");
-  FASTDIT_REQUIRE(op, out_row_stride % fastdit::kVecElems == 0 && out_row_stride >= dim,
-                  "out_row_stride must be a multiple of 8 and >= dim");
-  FASTDIT_REQUIRE(op, pre_bias == nullptr || fastdit::aligned16(pre_bias), "pre_bias must be 16-byte aligned");
-  if (rows == 0) return FASTDIT_OK;
-  FASTDIT_DEVICE_GUARD(op, device);
-  cudaStream_t s = static_cast<cudaStream_t>(stream);
-  int status = fastdit::dispatch_half(op, dtype, [&](auto tag) {
-    using T = decltype(tag);
-    fastdit::RmsNormParams<T> params{static_cast<const T*>(x), static_cast<const T*>(weight), static_cast<T*>(out),
-                                     rows, dim, x_row_stride, eps, static_cast<const T*>(pre_bias), out_row_stride};
-    fastdit::launch_rms_norm<T>(params, true, s);
-  });
-  if (status != FASTDIT_OK) return status;
-  return fastdit::check_launch(op);
+  return rms_norm_export("rms_norm_silu", x, x_row_stride, pre_bias, weight, out, out_row_stride, rows, dim, eps, true,
+                         dtype, device, stream);
 }
