@@ -274,6 +274,20 @@ def _needs_sm90():
         pytest.skip(attention_op.library_reason())
 
 
+def _captured(call):
+    """call() warmed up once on a side stream (lazy init and allocations outside the capture), then captured:
+    (the graph, call's outputs as the graph writes them)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        call()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outputs = call()
+    return graph, outputs
+
+
 @pytest.mark.gpu
 def test_sm90_kernel_is_in_the_library_on_hopper():
     """On a Hopper GPU the installed library must carry the kernel (a wheel built without CUTLASS fails here,
@@ -329,14 +343,7 @@ def test_sm90_kernel_under_cuda_graph(d):
     _needs_sm90()
     q, k, v = _qkv(2, 1000, 777, 4, d, torch.bfloat16, "cuda")
     seqlens = torch.tensor([777, 300], dtype=torch.int32, device="cuda")
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        attention_fwd(q, k, v, seqlens_k=seqlens, return_lse=True, backend="cuda")  # warm up outside the capture
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out, lse = attention_fwd(q, k, v, seqlens_k=seqlens, return_lse=True, backend="cuda")
+    graph, (out, lse) = _captured(lambda: attention_fwd(q, k, v, seqlens_k=seqlens, return_lse=True, backend="cuda"))
     for t in (q, k, v):
         t.copy_(torch.randn_like(t))
     out.fill_(float("nan"))
@@ -373,17 +380,10 @@ def test_sm90_split_tail_matches_reference_and_unsplit(b, sq, sk, h, d, dtype):
 
 @pytest.mark.gpu
 def test_sm90_split_tail_under_cuda_graph():
-    """The split's scratch and zeroed flags are captured with the launch: replays on new inputs equal eager."""
+    """The device's split scratch, made by the warm-up, serves the capture: replays on new inputs equal eager."""
     _needs_sm90()
     q, k, v = _qkv(1, 4608, 4608, 24, 128, torch.bfloat16, "cuda")
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        attention_fwd(q, k, v, return_lse=True, backend="cuda")
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out, lse = attention_fwd(q, k, v, return_lse=True, backend="cuda")
+    graph, (out, lse) = _captured(lambda: attention_fwd(q, k, v, return_lse=True, backend="cuda"))
     for _ in range(2):  # a second replay finds the flags the first one raised zeroed again
         for t in (q, k, v):
             t.copy_(torch.randn_like(t))
