@@ -246,14 +246,19 @@ def run_vae_decode(case: Case, args, skipped: list[str]) -> list[dict]:
     return rows
 
 
+def _largest_peak(row: dict) -> str:
+    """The largest rank's peak GiB of a row, formatted, or "-" when no rank reported one."""
+    peaks = [p for p in row["peak_gib"] if p is not None]
+    return f"{max(peaks):.1f}" if peaks else "-"
+
+
 def print_vae_table(rows: list[dict], skipped: list[str]) -> None:
     head = (f"{'case':13} {'ranks':>5} {'decode ms':>10} {'speedup':>7} {'peak GiB/GPU':>13} {'strips':>18} "
             f"{'rel err':>8} ok")
     print(head)
     print("-" * len(head))
     for r in rows:
-        peaks = [p for p in r["peak_gib"] if p is not None]
-        peak = f"{max(peaks):.1f}" if peaks else "-"
+        peak = _largest_peak(r)
         strips = "+".join(map(str, r["strips"] or ())) or ("rank 0 alone" if r["ranks"] > 1 else "-")
         print(f"{r['case']:13} {r['ranks']:>5} {r['decode_ms']:10.1f} {r['speedup']:7.2f} {peak:>13} {strips:>18} "
               f"{r['rel_err']:8.1e} {'yes' if r['match'] else 'NO'}")
@@ -269,8 +274,7 @@ def print_table(rows: list[dict], skipped: list[str]) -> None:
     print(head)
     print("-" * len(head))
     for r in rows:
-        peaks = [p for p in r["peak_gib"] if p is not None]
-        peak = f"{max(peaks):.1f}" if peaks else "-"
+        peak = _largest_peak(r)
         fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
         ok = {True: "yes", False: "NO", None: "-"}[r["match"]]
         print(f"{r['case']:13} {r['layout']:7} {r['gpus']:>4} {r['step_ms']:9.1f} {fmt(r['speedup'], '7.2f')} "
