@@ -9,8 +9,9 @@
 // uses it one step later ("intra-warpgroup overlap"):
 //
 //   S_n   = Q K_n^T                       (wgmma SS, issued async)
+//   O    *= exp2(m_{n+2} - m_{n+1})       (the previous softmax's rescale, while S_n runs)
 //   O    += P_{n+1} V_{n+1}               (wgmma RS: P straight from registers, issued async)
-//   softmax(S_n) -> P_n, rescale O        (while the second GEMM still runs)
+//   softmax(S_n) -> P_n                   (while the second GEMM still runs)
 //
 // The two consumer warpgroups take turns issuing their GEMMs (the WarpScheduler named barriers,
 // "ping-pong"), so that one warpgroup's softmax overlaps the other's GEMMs.
@@ -249,6 +250,9 @@ struct FwdMainloop {
     Tensor tOrP = make_tensor_like<Element>(acc_layout_as_a_operand(tSrS.layout()));
     convert_p(tSrS, tOrP);
     clear(tOrO);
+    // O's rescale for the latest max, applied just before the next P V accumulates into O: after the
+    // next Q K^T is issued, so that the multiplies overlap it instead of lengthening the softmax.
+    float o_scale[2] = {1.f, 1.f};
 
     for (--n; n >= n_begin; --n) {
       PipelineState read_v = read;  // P and V of block n+1
@@ -257,21 +261,21 @@ struct FwdMainloop {
       wait(pipeline_k, read);
       scheduler_barrier_sync(wg);
       gemm<true>(tiled_mma_qk, tSrQ, tSrK(_, _, _, read.index()), tSrS);
+      Softmax::rescale(tOrO, o_scale);
       wait(pipeline_v, read_v);
       gemm<false>(tiled_mma_pv, tOrP, tOrV(_, _, _, read_v.index()), tOrO);
       scheduler_barrier_arrive(wg);
       warpgroup_wait<1>();  // S done, P V may still run
       pipeline_k.consumer_release(read);
-      float o_scale[2];
       softmax.next(tSrS, o_scale);
       warpgroup_wait<0>();  // P V done: tOrP and V's stage are free
       pipeline_v.consumer_release(read_v);
       convert_p(tSrS, tOrP);
-      Softmax::rescale(tOrO, o_scale);
     }
     // Every Q K^T of this tile has completed: the producer may load the next tile's Q.
     cutlass::arch::NamedBarrier::arrive(kNumMmaThreads + cutlass::NumThreadsPerWarp,
                                         static_cast<uint32_t>(FwdBarrier::QueryEmpty));
+    Softmax::rescale(tOrO, o_scale);
     wait(pipeline_v, read);
     gemm<false>(tiled_mma_pv, tOrP, tOrV(_, _, _, read.index()), tOrO);
     warpgroup_wait<0>();

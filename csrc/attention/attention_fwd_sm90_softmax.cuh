@@ -34,6 +34,35 @@ __device__ constexpr auto acc_layout_as_a_operand(Layout0 acc) {
                      coalesce(make_layout(get<0, 1>(chunks), get<2>(acc))));
 }
 
+// MUFU.EX2 alone. exp2f compiles to ex2.approx.f32, which ptxas wraps in a denormal guard (a compare
+// and two predicated FMULs around the MUFU: 3 more issue slots per element, in the loop that bounds the
+// consumer's softmax). Results below 2^-126 flush to 0: they cannot move a row sum that holds the
+// maximum's term 1.
+__device__ __forceinline__ float exp2_ftz(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// Max over a thread's values of one row, in kChains independent chains (FMNMX is exact, so the
+// order does not matter): 2 rows x 1 chain is a 48-deep dependent chain at kBlockN = 192.
+template <int kChains, class Row>
+__device__ __forceinline__ float row_max_chains(Row const& row, float init) {
+  constexpr int kN = decltype(size(row))::value;
+  static_assert(kN % kChains == 0, "chains split the row evenly");
+  float m[kChains];
+  CUTE_UNROLL
+  for (int c = 0; c < kChains; ++c) m[c] = fmaxf(init, row(c));
+  CUTE_UNROLL
+  for (int i = kChains; i < kN; ++i) m[i % kChains] = fmaxf(m[i % kChains], row(i));
+  CUTE_UNROLL
+  for (int stride = kChains / 2; stride > 0; stride /= 2) {
+    CUTE_UNROLL
+    for (int c = 0; c < stride; ++c) m[c] = fmaxf(m[c], m[c + stride]);
+  }
+  return m[0];
+}
+
 __device__ __forceinline__ float quad_max(float x) {
   x = fmaxf(x, __shfl_xor_sync(0xffffffff, x, 1));
   return fmaxf(x, __shfl_xor_sync(0xffffffff, x, 2));
@@ -47,6 +76,7 @@ __device__ __forceinline__ float quad_sum(float x) {
 template <int kRows>
 struct OnlineSoftmax {
   static_assert(kRows == 2, "a wgmma m64 accumulator gives each thread 2 rows");
+  static constexpr int kMaxChains = 4;  // per row: with 2 rows, 8 independent FMNMX chains
   float row_max[kRows];
   float row_sum[kRows];  // thread-partial until finalize()
   float const scale_log2;
@@ -59,12 +89,7 @@ struct OnlineSoftmax {
     Tensor s = make_tensor(acc_s.data(), acc_layout_rowcol(acc_s.layout()));
     static_assert(decltype(size<0>(s))::value == kRows, "rows per thread");
     CUTE_UNROLL
-    for (int mi = 0; mi < kRows; ++mi) {
-      float m = s(mi, 0);
-      CUTE_UNROLL
-      for (int ni = 1; ni < size<1>(s); ++ni) m = fmaxf(m, s(mi, ni));
-      row_max[mi] = quad_max(m);
-    }
+    for (int mi = 0; mi < kRows; ++mi) row_max[mi] = quad_max(row_max_chains<kMaxChains>(s(mi, _), s(mi, 0)));
     exp_and_sum<true>(s);
   }
 
@@ -75,11 +100,8 @@ struct OnlineSoftmax {
     Tensor s = make_tensor(acc_s.data(), acc_layout_rowcol(acc_s.layout()));
     CUTE_UNROLL
     for (int mi = 0; mi < kRows; ++mi) {
-      float m = row_max[mi];
-      CUTE_UNROLL
-      for (int ni = 0; ni < size<1>(s); ++ni) m = fmaxf(m, s(mi, ni));
-      m = quad_max(m);
-      o_scale[mi] = exp2f((row_max[mi] - m) * scale_log2);
+      float const m = quad_max(row_max_chains<kMaxChains>(s(mi, _), row_max[mi]));
+      o_scale[mi] = exp2_ftz((row_max[mi] - m) * scale_log2);
       row_sum[mi] *= o_scale[mi];
       row_max[mi] = m;
     }
@@ -117,7 +139,7 @@ struct OnlineSoftmax {
       float sum = kFirst ? 0.f : row_sum[mi];
       CUTE_UNROLL
       for (int ni = 0; ni < size<1>(s); ++ni) {
-        s(mi, ni) = exp2f(s(mi, ni) * scale_log2 - max_scaled);  // one FFMA + MUFU.EX2
+        s(mi, ni) = exp2_ftz(s(mi, ni) * scale_log2 - max_scaled);  // one FFMA + MUFU.EX2
         sum += s(mi, ni);
       }
       row_sum[mi] = sum;
