@@ -26,9 +26,17 @@ export PYTHONPATH=/tmp/site
 # Tests and benches must see the installed wheel (with its kernel library), never ./python.
 cd "$(mktemp -d)" && cp -r "$OLDPWD/tests" "$OLDPWD/bench" "$OLDPWD/pyproject.toml" . || exit 1
 
+# SM clock, power and throttle reasons every 200 ms while the steps run (gpu_samples.csv): a graphed
+# FLUX step that runs slower than its eager kernel sum is checked against the clocks here.
+nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,temperature.gpu,clocks_throttle_reasons.active \
+  --format=csv -lms 200 >"$OUT/gpu_samples.csv" 2>/dev/null &
+SAMPLER=$!
+trap 'kill $SAMPLER 2>/dev/null' EXIT
+
 run() {  # run NAME TIMEOUT_S CMD...: one step, its log in $OUT/NAME.log, a status line at the end
   local name=$1 limit=$2; shift 2
   local t0=$SECONDS
+  echo "$(date -u +%H:%M:%S) step $name begins" >>"$OUT/steps.log"
   timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
   local rc=$?
   echo "step $name: rc=$rc $((SECONDS - t0))s" | tee -a "$OUT/summary.txt"

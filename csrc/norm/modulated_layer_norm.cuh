@@ -45,6 +45,9 @@ struct ModulatedNormParams {
   float eps;
 };
 
+// Vectors per thread up to which the gated norm loads gate/shift/scale with the row (see the kernel).
+constexpr int kPrefetchVecs = 4;
+
 template <typename T, bool kHasResidual, int kVecs>
 __global__ void __launch_bounds__(kVecRowThreads) modulated_layer_norm_kernel(ModulatedNormParams<T> p, VecRowLayout layout) {
   __shared__ float scratch[3 * kVecRowThreads / 32];
@@ -59,19 +62,40 @@ __global__ void __launch_bounds__(kVecRowThreads) modulated_layer_norm_kernel(Mo
   const int64_t row_offset = int64_t(row32) * p.dim;
 
   // The row stays packed in registers (v_raw: x, or r once the gated residual is applied). x and residual
-  // are loaded first, all of them, so that every load of the thread is in flight at once.
+  // are loaded first, all of them, so that every load of the thread is in flight at once. The gated norm
+  // on rows of at most kPrefetchVecs vectors per thread (FLUX, Wan-1.3B) also loads gate, shift and scale
+  // up front, so that no load waits behind the row reduction: FLUX rows 45.7 -> 44.0 us, Wan-1.3B 140.4 ->
+  // 139.6 (H100, bench/gpu_ab.sh, 2026-11-24). The plain norm gained nothing from it (Wan-1.3B rows lost
+  // 0.9%: fewer resident blocks), nor would wider rows (Wan-14B: 5 vectors, occupancy for nothing).
+  constexpr bool kPrefetch = kHasResidual && kVecs <= kPrefetchVecs;
   auto each_vec = [&](auto&& fn) { for_each_vec<kVecs>(t, layout.threads_per_row, chunks, row_ok, fn); };
   uint4 v_raw[kVecs];
+  uint4 shift_raw[kPrefetch ? kVecs : 1], scale_raw[kPrefetch ? kVecs : 1];
+  // Vector i (chunk c) of a modulation: the prefetched one, or loaded now.
+  auto modulation = [&](const uint4* prefetched, const T* vec, int i, int c) {
+    if constexpr (kPrefetch) return prefetched[i];
+    else return load_raw_readonly(vec + c * kVecElems);
+  };
   each_vec([&](int i, int c) { v_raw[i] = load_raw(p.x + row_offset + c * kVecElems); });
   if constexpr (kHasResidual) {
     uint4 res_raw[kVecs];
+    uint4 gate_raw[kPrefetch ? kVecs : 1];
     each_vec([&](int i, int c) { res_raw[i] = load_raw(p.residual + row_offset + c * kVecElems); });
     const T* gate = p.gate.at(b, s);
+    if constexpr (kPrefetch) {
+      const T* shift = p.shift.at(b, s);
+      const T* scale = p.scale.at(b, s);
+      each_vec([&](int i, int c) {
+        gate_raw[i] = load_raw_readonly(gate + c * kVecElems);
+        shift_raw[i] = load_raw_readonly(shift + c * kVecElems);
+        scale_raw[i] = load_raw_readonly(scale + c * kVecElems);
+      });
+    }
     each_vec([&](int i, int c) {
       float v[kVecElems], res[kVecElems], g[kVecElems];
       unpack8<T>(v_raw[i], v);
       unpack8<T>(res_raw[i], res);
-      load8_readonly(gate + c * kVecElems, g);
+      unpack8<T>(modulation(gate_raw, gate, i, c), g);
 #pragma unroll
       for (int e = 0; e < kVecElems; ++e) v[e] = res[e] + g[e] * v[e];
       v_raw[i] = pack8<T>(v);  // r rounded to T: the norm below reads the rounded r, as the reference
@@ -104,8 +128,8 @@ __global__ void __launch_bounds__(kVecRowThreads) modulated_layer_norm_kernel(Mo
   each_vec([&](int i, int c) {
     float v[kVecElems], sh[kVecElems], sc[kVecElems];
     unpack8<T>(v_raw[i], v);
-    load8_readonly(shift + c * kVecElems, sh);
-    load8_readonly(scale + c * kVecElems, sc);
+    unpack8<T>(modulation(shift_raw, shift, i, c), sh);
+    unpack8<T>(modulation(scale_raw, scale, i, c), sc);
 #pragma unroll
     for (int e = 0; e < kVecElems; ++e) v[e] = (v[e] - mean) * rstd * (1.f + sc[e]) + sh[e];
     store8(p.y_out + row_offset + c * kVecElems, v);
