@@ -34,9 +34,10 @@ using namespace cute;
 
 // Named barrier ids (offset by CUTLASS's reserved ids inside NamedBarrier's user interface).
 enum class FwdBarrier : uint32_t {
-  QueryEmpty = 0,        // consumers -> producer: smem Q may be overwritten by the next tile's Q
-  WarpSchedulerWG1 = 1,  // ping-pong: consumer warpgroup 1 may issue its GEMMs
-  WarpSchedulerWG2 = 2,  // ping-pong: consumer warpgroup 2 may issue its GEMMs
+  WarpSchedulerWG1 = 0,  // ping-pong: consumer warpgroup 1 may issue its GEMMs
+  WarpSchedulerWG2 = 1,  // ping-pong: consumer warpgroup 2 may issue its GEMMs
+  QueryEmptyWG1 = 2,     // consumer warpgroup 1 -> producer: its half of smem Q may take the next tile's
+  QueryEmptyWG2 = 3,     // consumer warpgroup 2 -> producer: the same for its half
 };
 
 template <class Element_, int kHeadDim_, int kBlockM_, int kBlockN_, int kStages_>
@@ -54,11 +55,16 @@ struct FwdMainloop {
   static_assert(kBlockN % 16 == 0 && kBlockN <= 256, "kBlockN is the wgmma N of Q K^T and the K of P V");
   static_assert(kStages >= 2, "the intra-warpgroup overlap holds K_n and V_{n+1} at once");
 
-  using TileShapeQK = Shape<Int<kBlockM>, Int<kBlockN>, Int<kHeadDim>>;  // (M, N, K) of S = Q K^T
-  using TileShapePV = Shape<Int<kBlockM>, Int<kHeadDim>, Int<kBlockN>>;  // (M, N, K) of O = P V
-  using AtomLayoutMNK = Layout<Shape<Int<kNumMmaWarpGroups>, _1, _1>>;    // warpgroups split M
-  using TiledMmaQK = decltype(make_tiled_mma(
-      GMMA::ss_op_selector<Element, Element, float, TileShapeQK>(), AtomLayoutMNK{}));
+  // Q as two 64-row halves, one per consumer warpgroup, each loaded by its own TMA and barrier: a
+  // warpgroup's next Q half is loaded as soon as that warpgroup's last Q K^T is done, so the warpgroup
+  // ahead in the ping-pong starts the next tile while the other finishes this one, and the two stay half
+  // a period apart across tiles (one shared Q made both wait for the later one and restart in step, their
+  // first softmax with no GEMM to hide behind). S = Q K^T is therefore one warpgroup's GEMM on its half.
+  static constexpr int kBlockMHalf = kBlockM / 2;
+  using TileShapeQK = Shape<Int<kBlockMHalf>, Int<kBlockN>, Int<kHeadDim>>;  // (M, N, K) of one warpgroup's S
+  using TileShapePV = Shape<Int<kBlockM>, Int<kHeadDim>, Int<kBlockN>>;      // (M, N, K) of O = P V
+  using AtomLayoutMNK = Layout<Shape<Int<kNumMmaWarpGroups>, _1, _1>>;        // warpgroups split M
+  using TiledMmaQK = decltype(make_tiled_mma(GMMA::ss_op_selector<Element, Element, float, TileShapeQK>()));
   // V is [keys, D] with D contiguous: as the B operand of P V (N = D) it is MN-major.
   using TiledMmaPV = decltype(make_tiled_mma(
       GMMA::rs_op_selector<Element, Element, float, TileShapePV, GMMA::Major::K, GMMA::Major::MN>(),
@@ -66,7 +72,8 @@ struct FwdMainloop {
 
   using SmemLayoutAtomQ = decltype(cutlass::gemm::collective::detail::ss_smem_selector<
                                    GMMA::Major::K, Element, Int<kBlockM>, Int<kHeadDim>>());
-  using SmemLayoutQ = decltype(tile_to_shape(SmemLayoutAtomQ{}, Shape<Int<kBlockM>, Int<kHeadDim>>{}));
+  using SmemLayoutQHalf = decltype(tile_to_shape(SmemLayoutAtomQ{}, Shape<Int<kBlockMHalf>, Int<kHeadDim>>{}));
+  static constexpr int kSmemQHalfElems = cute::cosize_v<SmemLayoutQHalf>;
   using SmemLayoutAtomK = decltype(cutlass::gemm::collective::detail::ss_smem_selector<
                                    GMMA::Major::K, Element, Int<kBlockN>, Int<kHeadDim>>());
   using SmemLayoutK = decltype(tile_to_shape(SmemLayoutAtomK{},
@@ -78,7 +85,7 @@ struct FwdMainloop {
                                               Step<_2, _1, _3>{}));  // (D, keys, stage)
 
   struct TensorStorage : cute::aligned_struct<128, _0> {
-    cute::array_aligned<Element, cute::cosize_v<SmemLayoutQ>, 1024> smem_q;
+    cute::array_aligned<Element, 2 * kSmemQHalfElems, 1024> smem_q;  // warpgroup 1's half, then 2's
     cute::array_aligned<Element, cute::cosize_v<SmemLayoutK>, 1024> smem_k;
     cute::array_aligned<Element, cute::cosize_v<SmemLayoutVt>, 1024> smem_v;
   };
@@ -86,7 +93,7 @@ struct FwdMainloop {
   using MainloopPipeline = cutlass::PipelineTmaAsync<kStages>;
   using PipelineState = cutlass::PipelineState<kStages>;
 
-  static constexpr uint32_t kTmaBytesQ = kBlockM * kHeadDim * sizeof(Element);
+  static constexpr uint32_t kTmaBytesQHalf = kBlockMHalf * kHeadDim * sizeof(Element);
   static constexpr uint32_t kTmaBytesKV = kBlockN * kHeadDim * sizeof(Element);
 
   // Global tensors as TMA sees them: Q/K (seqlen, D, head, batch), V (D, seqlen, head, batch).
@@ -95,7 +102,7 @@ struct FwdMainloop {
   using StrideVt = Stride<_1, int64_t, int64_t, int64_t>;
   using TmaQ = decltype(make_tma_copy(
       SM90_TMA_LOAD{}, make_tensor(make_gmem_ptr(static_cast<Element const*>(nullptr)), ShapeQKV{}, StrideQK{}),
-      SmemLayoutQ{}, Shape<Int<kBlockM>, Int<kHeadDim>>{}, _1{}));
+      SmemLayoutQHalf{}, Shape<Int<kBlockMHalf>, Int<kHeadDim>>{}, _1{}));
   using TmaK = decltype(make_tma_copy(
       SM90_TMA_LOAD{}, make_tensor(make_gmem_ptr(static_cast<Element const*>(nullptr)), ShapeQKV{}, StrideQK{}),
       take<0, 2>(SmemLayoutK{}), Shape<Int<kBlockN>, Int<kHeadDim>>{}, _1{}));
@@ -123,7 +130,7 @@ struct FwdMainloop {
     auto mk = make_tensor(make_gmem_ptr(k), shape_k, make_stride(a.k_row_stride, _1{}, a.k_head_stride, a.k_batch_stride));
     auto mv = make_tensor(make_gmem_ptr(v), shape_vt, make_stride(_1{}, a.v_row_stride, a.v_head_stride, a.v_batch_stride));
     return {shape_q, shape_k, shape_vt,
-            make_tma_copy(SM90_TMA_LOAD{}, mq, SmemLayoutQ{}, Shape<Int<kBlockM>, Int<kHeadDim>>{}, _1{}),
+            make_tma_copy(SM90_TMA_LOAD{}, mq, SmemLayoutQHalf{}, Shape<Int<kBlockMHalf>, Int<kHeadDim>>{}, _1{}),
             make_tma_copy(SM90_TMA_LOAD{}, mk, take<0, 2>(SmemLayoutK{}), Shape<Int<kBlockN>, Int<kHeadDim>>{}, _1{}),
             make_tma_copy(SM90_TMA_LOAD{}, mv, take<0, 2>(SmemLayoutVt{}), Shape<Int<kHeadDim>, Int<kBlockN>>{}, _1{}),
             a.seqlens_k, a.softmax_scale * float(M_LOG2E)};
@@ -144,26 +151,24 @@ struct FwdMainloop {
   }
 
   // Producer: one warp. Lane 0 (the pipelines' leader thread) issues every TMA; the whole warp joins
-  // the QueryEmpty barrier. Returns after issuing all loads of key blocks [n_begin, n_end) of this tile.
+  // the QueryEmpty barriers. Returns after issuing all loads of key blocks [n_begin, n_end) of this tile.
   __device__ void load(Params const& p, MainloopPipeline& pipeline_k, MainloopPipeline& pipeline_v,
-                       PipelineState& write, uint64_t& barrier_q, TensorStorage& smem, TileCoord tile,
+                       PipelineState& write, uint64_t* barrier_q, TensorStorage& smem, TileCoord tile,
                        int n_begin, int n_end) {
-    Tensor sQ = make_tensor(make_smem_ptr(smem.smem_q.data()), SmemLayoutQ{});
     Tensor sK = make_tensor(make_smem_ptr(smem.smem_k.data()), SmemLayoutK{});
     Tensor sVt = make_tensor(make_smem_ptr(smem.smem_v.data()), SmemLayoutVt{});
 
     Tensor mQ = p.tma_q.get_tma_tensor(p.shape_q)(_, _, tile.head, tile.batch);    // (Sq, D)
     Tensor mK = p.tma_k.get_tma_tensor(p.shape_k)(_, _, tile.head, tile.batch);    // (Sk, D)
     Tensor mVt = p.tma_v.get_tma_tensor(p.shape_vt)(_, _, tile.head, tile.batch);  // (D, Sk)
-    Tensor gQ = local_tile(mQ, Shape<Int<kBlockM>, Int<kHeadDim>>{}, make_coord(tile.m_block, _0{}));
+    Tensor gQ = local_tile(mQ, Shape<Int<kBlockMHalf>, Int<kHeadDim>>{}, make_coord(_, _0{}));  // (64, D, m)
     Tensor gK = local_tile(mK, Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_coord(_, _0{}));   // (N, D, n)
     Tensor gVt = local_tile(mVt, Shape<Int<kHeadDim>, Int<kBlockN>>{}, make_coord(_0{}, _));  // (D, N, n)
 
     auto tma_q = p.tma_q.get_slice(_0{});
     auto tma_k = p.tma_k.get_slice(_0{});
     auto tma_v = p.tma_v.get_slice(_0{});
-    Tensor tQgQ = group_modes<0, 3>(tma_q.partition_S(gQ));    // (TMA)
-    Tensor tQsQ = group_modes<0, 3>(tma_q.partition_D(sQ));    // (TMA)
+    Tensor tQgQ = group_modes<0, 3>(tma_q.partition_S(gQ));    // (TMA, half tile m)
     Tensor tKgK = group_modes<0, 3>(tma_k.partition_S(gK));    // (TMA, n)
     Tensor tKsK = group_modes<0, 3>(tma_k.partition_D(sK));    // (TMA, stage)
     Tensor tVgV = group_modes<0, 3>(tma_v.partition_S(gVt));   // (TMA, n)
@@ -183,12 +188,17 @@ struct FwdMainloop {
 
     int n = n_end - 1;
     if (leader) load_k(n, write);
-    // Q may be overwritten only once both consumer warpgroups finished the previous tile's Q K^T.
-    cutlass::arch::NamedBarrier::sync(kNumMmaThreads + cutlass::NumThreadsPerWarp,
-                                      static_cast<uint32_t>(FwdBarrier::QueryEmpty));
-    if (leader) {
-      cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&barrier_q, kTmaBytesQ);
-      copy(p.tma_q.with(barrier_q, 0, TMA::CacheHintSm90::EVICT_FIRST), tQgQ, tQsQ);
+    // A warpgroup's Q half may be overwritten once it finished the previous tile's Q K^T.
+    CUTE_UNROLL
+    for (int half = 0; half < 2; ++half) {
+      cutlass::arch::NamedBarrier::sync(cutlass::NumThreadsPerWarpGroup + cutlass::NumThreadsPerWarp,
+                                        query_empty_barrier(half));
+      if (leader) {
+        Tensor sQ = make_tensor(make_smem_ptr(smem.smem_q.data() + half * kSmemQHalfElems), SmemLayoutQHalf{});
+        cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&barrier_q[half], kTmaBytesQHalf);
+        copy(p.tma_q.with(barrier_q[half], 0, TMA::CacheHintSm90::EVICT_FIRST),
+             tQgQ(_, 2 * tile.m_block + half), group_modes<0, 3>(tma_q.partition_D(sQ)));
+      }
     }
     for (--n; n >= n_begin; --n) {
       PipelineState write_v = write;  // V runs one block behind K
@@ -206,16 +216,16 @@ struct FwdMainloop {
   // tile. Returns the softmax state (row max, thread-partial row sums); O is unnormalized.
   template <class FragO, class Softmax>
   __device__ void mma(Params const& p, MainloopPipeline& pipeline_k, MainloopPipeline& pipeline_v,
-                      PipelineState& read, uint64_t& barrier_q, int q_phase, TensorStorage& smem,
+                      PipelineState& read, uint64_t* barrier_q, int q_phase, TensorStorage& smem,
                       FragO& tOrO, Softmax& softmax, int mma_thread_idx, int n_begin, int n_end, int seqlen_k) {
-    Tensor sQ = make_tensor(make_smem_ptr(smem.smem_q.data()), SmemLayoutQ{});
+    int const wg = mma_thread_idx / cutlass::NumThreadsPerWarpGroup;  // 0 or 1 among consumers
+    Tensor sQ = make_tensor(make_smem_ptr(smem.smem_q.data() + wg * kSmemQHalfElems), SmemLayoutQHalf{});
     Tensor sK = make_tensor(make_smem_ptr(smem.smem_k.data()), SmemLayoutK{});
     Tensor sVt = make_tensor(make_smem_ptr(smem.smem_v.data()), SmemLayoutVt{});
 
-    int const wg = mma_thread_idx / cutlass::NumThreadsPerWarpGroup;  // 0 or 1 among consumers
-    TiledMmaQK tiled_mma_qk;
+    TiledMmaQK tiled_mma_qk;  // this warpgroup's 64 rows only
     TiledMmaPV tiled_mma_pv;
-    auto wg_mma_qk = tiled_mma_qk.get_slice(wg * cutlass::NumThreadsPerWarpGroup);
+    auto wg_mma_qk = tiled_mma_qk.get_slice(0);
     auto wg_mma_pv = tiled_mma_pv.get_slice(wg * cutlass::NumThreadsPerWarpGroup);
     Tensor tSrQ = wg_mma_qk.partition_fragment_A(sQ);   // smem descriptors
     Tensor tSrK = wg_mma_qk.partition_fragment_B(sK);   // (MMA, MMA_N, MMA_K, stage)
@@ -225,8 +235,8 @@ struct FwdMainloop {
       pipeline.consumer_wait(state, pipeline.consumer_try_wait(state));
     };
     // Mask keys >= seqlen_k: only the first visited block (the last one) can be partial.
-    auto thread_mma_qk = tiled_mma_qk.get_thread_slice(mma_thread_idx);
-    Tensor cS = thread_mma_qk.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{}));
+    auto thread_mma_qk = tiled_mma_qk.get_thread_slice(mma_thread_idx % cutlass::NumThreadsPerWarpGroup);
+    Tensor cS = thread_mma_qk.partition_C(make_identity_tensor(select<0, 1>(TileShapeQK{})));
     auto mask_keys = [&](auto& tSrS, int n) {
       int const limit = seqlen_k - n * kBlockN;
       if (limit >= kBlockN) return;
@@ -236,7 +246,7 @@ struct FwdMainloop {
       }
     };
 
-    cutlass::arch::ClusterTransactionBarrier::wait(&barrier_q, q_phase);
+    cutlass::arch::ClusterTransactionBarrier::wait(&barrier_q[wg], q_phase);
 
     // First block: S, softmax, P. No O yet.
     int n = n_end - 1;
@@ -272,9 +282,9 @@ struct FwdMainloop {
       pipeline_v.consumer_release(read_v);
       convert_p(tSrS, tOrP);
     }
-    // Every Q K^T of this tile has completed: the producer may load the next tile's Q.
-    cutlass::arch::NamedBarrier::arrive(kNumMmaThreads + cutlass::NumThreadsPerWarp,
-                                        static_cast<uint32_t>(FwdBarrier::QueryEmpty));
+    // This warpgroup's Q K^T of this tile have completed: the producer may load its next Q half.
+    cutlass::arch::NamedBarrier::arrive(cutlass::NumThreadsPerWarpGroup + cutlass::NumThreadsPerWarp,
+                                        query_empty_barrier(wg));
     Softmax::rescale(tOrO, o_scale);
     wait(pipeline_v, read);
     gemm<false>(tiled_mma_pv, tOrP, tOrV(_, _, _, read.index()), tOrO);
@@ -285,8 +295,8 @@ struct FwdMainloop {
 
   // Lets consumer warpgroup 1 issue first; called once per CTA before the first tile.
   __device__ static void mma_init(int wg) {
-    cutlass::arch::NamedBarrier::arrive(kNumMmaThreads + cutlass::NumThreadsPerWarp,
-                                        static_cast<uint32_t>(FwdBarrier::QueryEmpty));
+    cutlass::arch::NamedBarrier::arrive(cutlass::NumThreadsPerWarpGroup + cutlass::NumThreadsPerWarp,
+                                        query_empty_barrier(wg));
     if (wg == 0) {
       cutlass::arch::NamedBarrier::arrive(2 * cutlass::NumThreadsPerWarpGroup,
                                           static_cast<uint32_t>(FwdBarrier::WarpSchedulerWG1));
@@ -294,6 +304,9 @@ struct FwdMainloop {
   }
 
  private:
+  __device__ static uint32_t query_empty_barrier(int wg) {
+    return static_cast<uint32_t>(FwdBarrier::QueryEmptyWG1) + wg;
+  }
   __device__ static void scheduler_barrier_sync(int wg) {
     cutlass::arch::NamedBarrier::sync(2 * cutlass::NumThreadsPerWarpGroup,
                                       static_cast<uint32_t>(FwdBarrier::WarpSchedulerWG1) + wg);

@@ -40,7 +40,7 @@ struct FwdKernel {
 
   struct SharedStorage {
     typename Mainloop::TensorStorage tensors;
-    alignas(16) uint64_t barrier_q;
+    alignas(16) uint64_t barrier_q[2];  // one per Q half (consumer warpgroup)
     alignas(16) typename Mainloop::MainloopPipeline::SharedStorage pipeline_k;
     alignas(16) typename Mainloop::MainloopPipeline::SharedStorage pipeline_v;
   };
@@ -88,7 +88,8 @@ struct FwdKernel {
 
     if (warp_idx == 0 && cute::elect_one_sync()) {
       Mainloop::prefetch_tma_descriptors(params.mainloop);
-      cutlass::arch::ClusterTransactionBarrier::init(&smem.barrier_q, 1);
+      cutlass::arch::ClusterTransactionBarrier::init(&smem.barrier_q[0], 1);
+      cutlass::arch::ClusterTransactionBarrier::init(&smem.barrier_q[1], 1);
     }
     typename Pipeline::Params pipeline_params;
     pipeline_params.transaction_bytes = Mainloop::kTmaBytesKV;
