@@ -23,7 +23,8 @@ done
 
 rm -rf /tmp/site && mkdir -p /tmp/site
 cp -r python/fastdit /tmp/site/fastdit && cp -r triton_kernels /tmp/site/fastdit/triton_kernels || exit 1
-export PYTHONPATH=/tmp/site
+# FASTDIT_EXTRA_PYTHONPATH: more packages for the benches, e.g. flash-attn-4 (bench/fa4_setup.sh).
+export PYTHONPATH=/tmp/site${FASTDIT_EXTRA_PYTHONPATH:+:$FASTDIT_EXTRA_PYTHONPATH}
 LIB_A=$PWD/build/ab/a.so
 LIB_B=$PWD/build/ab/b.so
 
