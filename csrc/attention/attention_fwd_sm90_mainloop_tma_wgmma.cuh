@@ -9,9 +9,11 @@
 // uses it one step later ("intra-warpgroup overlap"):
 //
 //   S_n   = Q K_n^T                       (wgmma SS, issued async)
-//   O    *= exp2(m_{n+2} - m_{n+1})       (the previous softmax's rescale, while S_n runs)
+//   O    *= exp2(M_{n+2} - M_{n+1})       (the rescale softmax(S_{n+1}) computed, while S_n runs)
 //   O    += P_{n+1} V_{n+1}               (wgmma RS: P straight from registers, issued async)
 //   softmax(S_n) -> P_n                   (while the second GEMM still runs)
+//
+// (M_k: the running row maximum over the blocks visited up to block k, scaled by softmax_scale*log2 e.)
 //
 // The two consumer warpgroups take turns issuing their GEMMs (the WarpScheduler named barriers,
 // "ping-pong"), so that one warpgroup's softmax overlaps the other's GEMMs.
