@@ -34,10 +34,10 @@ __device__ constexpr auto acc_layout_as_a_operand(Layout0 acc) {
                      coalesce(make_layout(get<0, 1>(chunks), get<2>(acc))));
 }
 
-// MUFU.EX2 alone. exp2f compiles to ex2.approx.f32, which ptxas wraps in a denormal guard (a compare
-// and two predicated FMULs around the MUFU: 3 more issue slots per element, in the loop that bounds the
-// consumer's softmax). Results below 2^-126 flush to 0: they cannot move a row sum that holds the
-// maximum's term 1.
+// MUFU.EX2 alone. Without --use_fast_math (FA3 builds with it) exp2f compiles to ex2.approx.f32, the
+// non-ftz form, for which ptxas adds a denormal-range guard around the MUFU: extra instructions per
+// element in the loop that bounds the consumer's softmax. Results below 2^-126 flush to 0: they cannot
+// move a row sum that holds the maximum's term 1.
 __device__ __forceinline__ float exp2_ftz(float x) {
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));

@@ -65,8 +65,8 @@ __global__ void __launch_bounds__(kVecRowThreads) modulated_layer_norm_kernel(Mo
   // are loaded first, all of them, so that every load of the thread is in flight at once. The gated norm
   // on rows of at most kPrefetchVecs vectors per thread (FLUX, Wan-1.3B) also loads gate, shift and scale
   // up front, so that no load waits behind the row reduction: FLUX rows 45.7 -> 44.0 us, Wan-1.3B 140.4 ->
-  // 139.6 (H100, bench/gpu_ab.sh, 2026-11-24). The plain norm gained nothing from it (Wan-1.3B rows lost
-  // 0.9%: fewer resident blocks), nor would wider rows (Wan-14B: 5 vectors, occupancy for nothing).
+  // 139.6 (H100, bench/gpu_ab.sh, 2026-11-24). The plain norm gained nothing from it (Wan-1.3B rows 0.9%
+  // slower; its registers went from 38 to 64 at 3 vectors), and wider rows (Wan-14B: 5) keep the old path.
   constexpr bool kPrefetch = kHasResidual && kVecs <= kPrefetchVecs;
   auto each_vec = [&](auto&& fn) { for_each_vec<kVecs>(t, layout.threads_per_row, chunks, row_ok, fn); };
   uint4 v_raw[kVecs];
