@@ -288,6 +288,18 @@ def _captured(call):
     return graph, outputs
 
 
+def _assert_replay_equals_eager(graph, inputs, outputs, call) -> None:
+    """New random values in `inputs`, `outputs` poisoned with NaN, one replay: they equal an eager call()."""
+    for t in inputs:
+        t.copy_(torch.randn_like(t))
+    for t in outputs:
+        t.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    for got, want in zip(outputs, call()):
+        assert torch.equal(got, want)
+
+
 @pytest.mark.gpu
 def test_sm90_kernel_is_in_the_library_on_hopper():
     """On a Hopper GPU the installed library must carry the kernel (a wheel built without CUTLASS fails here,
@@ -343,15 +355,9 @@ def test_sm90_kernel_under_cuda_graph(d):
     _needs_sm90()
     q, k, v = _qkv(2, 1000, 777, 4, d, torch.bfloat16, "cuda")
     seqlens = torch.tensor([777, 300], dtype=torch.int32, device="cuda")
-    graph, (out, lse) = _captured(lambda: attention_fwd(q, k, v, seqlens_k=seqlens, return_lse=True, backend="cuda"))
-    for t in (q, k, v):
-        t.copy_(torch.randn_like(t))
-    out.fill_(float("nan"))
-    lse.fill_(float("nan"))
-    graph.replay()
-    torch.cuda.synchronize()
-    eager_out, eager_lse = attention_fwd(q, k, v, seqlens_k=seqlens, return_lse=True, backend="cuda")
-    assert torch.equal(out, eager_out) and torch.equal(lse, eager_lse)
+    call = lambda: attention_fwd(q, k, v, seqlens_k=seqlens, return_lse=True, backend="cuda")
+    graph, (out, lse) = _captured(call)
+    _assert_replay_equals_eager(graph, (q, k, v), (out, lse), call)
     ref, _ = _reference(q, k, v, seqlens)
     assert _rel(out, ref) <= 3 * _rel(ref.to(q.dtype), ref) + 2e-3
 
@@ -383,16 +389,10 @@ def test_sm90_split_tail_under_cuda_graph():
     """The device's split scratch, made by the warm-up, serves the capture: replays on new inputs equal eager."""
     _needs_sm90()
     q, k, v = _qkv(1, 4608, 4608, 24, 128, torch.bfloat16, "cuda")
-    graph, (out, lse) = _captured(lambda: attention_fwd(q, k, v, return_lse=True, backend="cuda"))
+    call = lambda: attention_fwd(q, k, v, return_lse=True, backend="cuda")
+    graph, (out, lse) = _captured(call)
     for _ in range(2):  # a second replay finds the flags the first one raised zeroed again
-        for t in (q, k, v):
-            t.copy_(torch.randn_like(t))
-        out.fill_(float("nan"))
-        lse.fill_(float("nan"))
-        graph.replay()
-        torch.cuda.synchronize()
-        eager_out, eager_lse = attention_fwd(q, k, v, return_lse=True, backend="cuda")
-        assert torch.equal(out, eager_out) and torch.equal(lse, eager_lse)
+        _assert_replay_equals_eager(graph, (q, k, v), (out, lse), call)
 
 
 @pytest.mark.gpu
