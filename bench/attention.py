@@ -5,7 +5,9 @@ importable), measured in the same run, against issue 4's target: >= 660 TFLOP/s 
 
     python bench/attention.py [--shapes 1,24,4608,128 ...] [--dtype bf16] [--json out.json]
 
-Shapes are B,H,S,D (self attention, Sq = Sk = S) or B,H,Sq,Sk,D (cross attention). About 60 s on an H100.
+Shapes are B,H,S,D (self attention, Sq = Sk = S) or B,H,Sq,Sk,D (cross attention). The backends are timed
+round-robin (each round calls every one once, cold L2, the order rotating), so that clock and power drift reach
+them alike; ratios come from one run. About 60 s on an H100.
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ from fastdit.layers.attention.backends import importable
 from fastdit.ops import _library
 from fastdit.ops import attention as attention_op
 from fastdit.ops.attention import attention_fwd, cuda_reason
-from timer import time_cuda
+from timer import time_interleaved
 
 SHAPES = ["1,24,4608,128", "1,24,16896,128", "1,12,32760,128", "1,40,75600,128"]
 NAMES = {"1,24,4608,128": "FLUX-1024", "1,24,16896,128": "FLUX-2048", "1,12,32760,128": "Wan-1.3B-480p",
          "1,40,75600,128": "Wan-14B-720p", "1,12,32760,512,128": "Wan-1.3B cross"}
 TARGET_TFLOPS = {"1,24,4608,128": 660.0}  # issue 4: absolute floors; every shape also needs CUDNN_MARGIN
 CUDNN_MARGIN = 1.05
+ROUNDS = 15  # timed calls per backend and shape, interleaved
 
 
 def sdpa(backend):
@@ -72,18 +75,22 @@ def bench_shape(spec: str, dtype: torch.dtype) -> dict:
     v = torch.randn(b, sk, h, d, device="cuda", dtype=dtype)
     flops = 4.0 * b * h * sq * sk * d
     row = {"shape": spec, "name": NAMES.get(spec, ""), "tflops": {}, "ms": {}, "rel_err_vs_cudnn": {}}
-    reference = None
+    reference, runnable = None, {}
     for name, fn in candidates(q, k, v).items():
         try:
             out = fn(q, k, v)
-            timing = time_cuda(lambda: fn(q, k, v), warmup=3, iters=15)
+            torch.cuda.synchronize()
         except Exception as err:  # a backend that refuses this shape (or fails to compile it): recorded, not fatal
             row.setdefault("errors", {})[name] = str(err).splitlines()[0]
             continue
+        runnable[name] = lambda fn=fn: fn(q, k, v)
         if name == "sdpa-cudnn":
             reference = out
         elif reference is not None:
             row["rel_err_vs_cudnn"][name] = ((out.float() - reference.float()).norm() / reference.float().norm()).item()
+        del out
+    # Round-robin over the backends (bench/timer.py): every ratio in the row is taken under one GPU state.
+    for name, timing in time_interleaved(runnable, warmup=3, rounds=ROUNDS).items():
         row["ms"][name] = timing.median_ms
         row["tflops"][name] = flops / timing.median_ms / 1e9
     t = row["tflops"]

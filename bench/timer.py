@@ -5,6 +5,7 @@ each start event so that the CPU has queued the call before the GPU reaches it: 
 
     from timer import time_cuda, copy_bandwidth_gbs     # in bench/<name>.py, run as `python bench/<name>.py`
     t = time_cuda(lambda: op(x), warmup=5, iters=30)   # -> Timing(median_ms, min_ms, max_ms, iters)
+    ts = time_interleaved({"ours": f, "peer": g})       # the same, round-robin: ratios under one GPU state
 """
 
 from __future__ import annotations
@@ -63,6 +64,40 @@ def time_cuda(fn: Callable[[], object], warmup: int = 5, iters: int = 30, cold_l
     torch.cuda.synchronize(device)
     times = [s.elapsed_time(e) for s, e in zip(starts, ends)]
     return Timing(statistics.median(times), min(times), max(times), iters)
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], warmup: int = 3, rounds: int = 15, cold_l2: bool = True,
+                     device: torch.device | str | None = None) -> dict[str, Timing]:
+    """Times several ways of doing the same work side by side: each round calls every fn once (as time_cuda
+    does one call: cold L2, spin, events), the order rotating from round to round, so that clock and power
+    drift over the run reach every candidate alike and their ratios are taken under the same conditions
+    (timing one candidate after another lets the first one run on a cooler, faster-clocked GPU)."""
+    device = torch.device(device or "cuda", torch.cuda.current_device()) if not isinstance(device, torch.device) \
+        else device
+    flush = _flush_buffer(device) if cold_l2 else None
+    names = list(fns)
+    for name in names:
+        for _ in range(warmup):
+            fns[name]()
+    events = {name: [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                     for _ in range(rounds)] for name in names}
+    torch.cuda.synchronize(device)
+    for r in range(rounds):
+        for j in range(len(names)):
+            name = names[(r + j) % len(names)]
+            start, end = events[name][r]
+            if flush is not None:
+                flush.fill_(1)
+            torch.cuda._sleep(_SLEEP_CYCLES)
+            start.record()
+            fns[name]()
+            end.record()
+        torch.cuda.synchronize(device)  # bounds the queue; between rounds, outside every timed span
+    result = {}
+    for name in names:
+        times = [s.elapsed_time(e) for s, e in events[name]]
+        result[name] = Timing(statistics.median(times), min(times), max(times), rounds)
+    return result
 
 
 def copy_bandwidth_gbs(nbytes: int = 1 << 30, device: torch.device | str = "cuda") -> float:

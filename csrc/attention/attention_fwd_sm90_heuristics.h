@@ -15,6 +15,13 @@
 //     192        643.0      705.4     690.2     648.9      cuDNN: 645.6 668.5 596.2 569.1
 // 192 also divides 4608 and 16896 exactly (no partial key block). 176 (FA3's choice) was not
 // measured: this CUTLASS's ss_op_selector lowers N = 176 to 11 wgmma of N = 16.
+//
+// One CTA per cluster. Clusters of two CTAs on query blocks 2m and 2m + 1 of a head, each loading half of
+// every K and V block and multicasting it to both (FA3's option for D = 128), passed every attention test
+// and were slower on the H100 (2026-11-24, bench/gpu_ab.sh, 2 rounds, TFLOP/s without -> with):
+// FLUX-1024 683.8/682.7 -> 666.4/663.4, FLUX-2048 754.7/753.6 -> 731.8/714.4, Wan-1.3B 752.0/752.7 ->
+// 736.4/730.4, Wan-14B 659.0/662.2 -> 664.5/668.8. Halving the L2 -> SMEM traffic of K and V buys nothing
+// here, while each stage now waits for the slower of two CTAs' consumers before it is refilled.
 #pragma once
 
 namespace fastdit::attention::sm90 {

@@ -368,6 +368,7 @@ def test_sm90_kernel_under_cuda_graph(d):
     (1, 1000, 2000, 1, 128, torch.bfloat16),   # 8 tiles: short runs, a tile merged from several CTAs
     (2, 4608, 4608, 2, 64, torch.float16),
     (1, 3001, 2999, 3, 64, torch.bfloat16),    # partial last query and key blocks inside the split tail
+    (1, 2900, 6000, 7, 128, torch.bfloat16),   # an odd count of query blocks (23) per head, 161 tiles
 ])
 def test_sm90_split_tail_matches_reference_and_unsplit(b, sq, sk, h, d, dtype):
     """Shapes whose last wave the kernel splits (the library plans a workspace for them): the result, LSE
