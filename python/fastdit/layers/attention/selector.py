@@ -42,10 +42,10 @@ _HALF = (torch.bfloat16, torch.float16)
 
 AUTO_TABLE: tuple[AutoRule, ...] = (
     AutoRule("cuda", 9, _HALF, (128,), ("fastdit",),
-             "H100 SXM, 2026-11-24 22:13 UTC (d8b9636), bf16 D=128, TFLOP/s fastdit vs cuDNN vs flash-attn-4 "
-             "4.0.0b36: S=4608 688.3 vs 643.7 vs 679.8, S=16896 728.7 vs 661.6 vs 717.4, S=32760 704.6 vs 547.5 "
-             "vs 706.4, S=75600 674.9 vs 569.5 vs 679.6 (fa4 ties ours within the run-to-run spread); so ours "
-             "from 4096 keys",
+             "H100 SXM, 2026-11-24 23:40 UTC (kernel of d8b9636, backends timed round-robin), bf16 D=128, "
+             "TFLOP/s fastdit vs cuDNN, median of 10 runs: S=4608 675.7 vs 638.5, S=16896 749.6 vs 695.1, "
+             "S=32760 746.8 vs 607.6, S=75600 677.2 vs 567.5; flash-attn-4 4.0.0b36 ties ours (22:13 UTC: "
+             "679.8, 717.4, 706.4, 679.6); so ours from 4096 keys",
              min_keys=4096, short_backends=("sdpa-cudnn", "sdpa")),
     AutoRule("cuda", 9, _HALF, (), ("sdpa-cudnn", "sdpa"),
              "H100, 2026-11-24: cuDNN 614-654 TFLOP/s vs SDPA flash 325-372 at D=128; other head dims "
