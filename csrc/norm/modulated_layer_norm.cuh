@@ -48,6 +48,10 @@ struct ModulatedNormParams {
 // Vectors per thread up to which the gated norm loads gate/shift/scale with the row (see the kernel).
 constexpr int kPrefetchVecs = 4;
 
+// Registers: at 3 vectors per thread (FLUX, Wan-1.3B rows) ptxas gives the plain norm 38 (12 blocks of 128
+// per SM) and the gated one 71 (7 blocks). Forcing 16 and 8 blocks (__launch_bounds__ minimum; 32 and 64
+// registers, 24-28 bytes of spills) was slower on the H100 (2026-11-24, bench/gpu_ab.sh, 3 rounds): FLUX
+// rows 26.7 -> 28.5 us and 44.3 -> 47.7 us, Wan-1.3B 73.9 -> 81.0 and 139.4 -> 147.7.
 template <typename T, bool kHasResidual, int kVecs>
 __global__ void __launch_bounds__(kVecRowThreads) modulated_layer_norm_kernel(ModulatedNormParams<T> p, VecRowLayout layout) {
   __shared__ float scratch[3 * kVecRowThreads / 32];
