@@ -4,8 +4,8 @@
 //   gated_residual_norm_modulate:  r = round(residual + gate * x);  y = LN(r) * (1 + scale) + shift
 //
 // LN has no affine, statistics in fp32: each thread takes the mean and centred sum of squares of its own
-// elements (two passes over its registers), then the row merges them (Chan's formula, row_vectors.cuh):
-// one reduction per row, as stable as a two-pass variance.
+// elements (one pass over its registers, shifted by its first element), then the row merges them (Chan's
+// formula, row_vectors.cuh): one reduction per row.
 // r is rounded to T before the norm, as the reference computes it. x, residual, r and y are contiguous
 // [batch, seq, dim]. shift/scale/gate are ModulationViews: [batch, dim] per sample (seq_stride 0) or
 // [batch, seq, dim] per token, with any batch/seq strides, so the strided views of temb.chunk(6, dim=1)
@@ -107,24 +107,31 @@ __global__ void __launch_bounds__(kVecRowThreads) modulated_layer_norm_kernel(Mo
     });
   }
 
-  float n = 0.f, sum = 0.f;
+  // The thread's count, mean and M2 in one pass over its elements, shifted by its first element k (a sample
+  // of the same data, so s2 - s1^2 / n does not cancel the way a raw sum of squares would): 4 instructions an
+  // element where a mean pass and a centred pass took 5; the kernel is instruction-bound at FLUX rows at a
+  // locked 1.56 GHz (Nsight Compute, bench/RESULTS.md). With the 3-instruction output below, on the H100 at
+  // its own clocks (bench/gpu_ab.sh, 3 rounds): FLUX rows 26.4/26.2/26.5 -> 26.0/26.2/26.0 us, the gated
+  // norm unchanged (43.9/43.7/43.9 -> 43.9/44.2/43.8).
+  float n = 0.f, s1 = 0.f, s2 = 0.f, k = 0.f;
   each_vec([&](int i, int) {
     float v[kVecElems];
     unpack8<T>(v_raw[i], v);
+    if (i == 0) k = v[0];
 #pragma unroll
-    for (int e = 0; e < kVecElems; ++e) sum += v[e];
+    for (int e = 0; e < kVecElems; ++e) {
+      const float d = v[e] - k;
+      s1 += d;
+      s2 = fmaf(d, d, s2);
+    }
     n += float(kVecElems);
   });
-  float mean = n > 0.f ? sum / n : 0.f;
-  float m2 = 0.f;
-  each_vec([&](int i, int) {
-    float v[kVecElems];
-    unpack8<T>(v_raw[i], v);
-#pragma unroll
-    for (int e = 0; e < kVecElems; ++e) m2 += (v[e] - mean) * (v[e] - mean);
-  });
+  const float inv_n = n > 0.f ? 1.f / n : 0.f;
+  float mean = k + s1 * inv_n;
+  float m2 = fmaxf(s2 - s1 * s1 * inv_n, 0.f);
   row_stats(n, mean, m2, layout.threads_per_row, scratch);
   const float rstd = rsqrtf(m2 / float(p.dim) + p.eps);
+  const float mean_rstd = -mean * rstd;  // y = (v * rstd - mean * rstd) * (1 + scale) + shift: 3 instructions
 
   // shift and scale: one vector per sample (L2-resident) or per token, read where they lie.
   const T* shift = p.shift.at(b, s);
@@ -135,7 +142,7 @@ __global__ void __launch_bounds__(kVecRowThreads) modulated_layer_norm_kernel(Mo
     unpack8<T>(modulation(shift_raw, shift, i, c), sh);
     unpack8<T>(modulation(scale_raw, scale, i, c), sc);
 #pragma unroll
-    for (int e = 0; e < kVecElems; ++e) v[e] = (v[e] - mean) * rstd * (1.f + sc[e]) + sh[e];
+    for (int e = 0; e < kVecElems; ++e) v[e] = fmaf(fmaf(v[e], rstd, mean_rstd), 1.f + sc[e], sh[e]);
     store8(p.y_out + row_offset + c * kVecElems, v);
   });
 }

@@ -84,6 +84,19 @@ def test_gpu_every_row_layout(backend, dim):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gpu_rows_far_from_zero(backend, dtype):
+    """Rows whose mean is hundreds of standard deviations from zero: the statistics must not cancel (the CUDA
+    kernel's one-pass sums are shifted by a sample of each thread's data)."""
+    torch.manual_seed(3)
+    x = (torch.randn(2, 77, 3072, device="cuda") * 0.5 + 300).to(dtype)
+    shift, scale, *_ = chunked_mods(2, 3072, dtype, "cuda")
+    out = layer_norm_modulate(x, shift, scale, backend=backend)
+    assert_within_torch_error(out, layer_norm_modulate_ref(x, shift, scale), truth(x, shift, scale), f"{backend} {dtype}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
 def test_gpu_per_token_modulation(backend):
     x = torch.randn(2, 77, 1536, dtype=torch.bfloat16, device="cuda")
     shift, scale = torch.randn(2, 2, 77, 1536, dtype=torch.bfloat16, device="cuda")
