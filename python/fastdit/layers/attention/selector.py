@@ -44,12 +44,12 @@ AUTO_TABLE: tuple[AutoRule, ...] = (
     AutoRule("cuda", 9, _HALF, (128,), ("fastdit",),
              "H100 SXM, 2026-11-24 23:40 UTC (kernel of d8b9636, backends timed round-robin), bf16 D=128, "
              "TFLOP/s fastdit vs cuDNN, median of 10 runs: S=4608 675.7 vs 638.5, S=16896 749.6 vs 695.1, "
-             "S=32760 746.8 vs 607.6, S=75600 677.2 vs 567.5 (fp16, 2026-11-25 00:3x: 670.8 vs 633.9, 738.3 vs "
+             "S=32760 746.8 vs 607.6, S=75600 677.2 vs 567.5 (fp16, 2026-11-25 00:20 UTC: 670.8 vs 633.9, 738.3 vs "
              "682.1, 739.4 vs 599.5, 668.4 vs 548.8); flash-attn-4 4.0.0b36 ties ours (22:13 UTC: 679.8, "
              "717.4, 706.4, 679.6); so ours from 4096 keys",
              min_keys=4096, short_backends=("sdpa-cudnn", "sdpa")),
     AutoRule("cuda", 9, _HALF, (64,), ("fastdit",),
-             "H100 SXM, 2026-11-25 00:3x UTC (one run, backends timed round-robin), bf16 D=64, TFLOP/s "
+             "H100 SXM, 2026-11-25 00:21 UTC (one run, backends timed round-robin), bf16 D=64, TFLOP/s "
              "fastdit vs cuDNN: (1,24,4250) 398.6 vs 359.9, (1,24,16538) 466.8 vs 433.7, (1,12,32760) 464.4 "
              "vs 424.0; so ours from 4096 keys (shorter: not measured for ours)",
              min_keys=4096, short_backends=("sdpa-cudnn", "sdpa")),
