@@ -85,11 +85,16 @@ def verdict(row: dict) -> str:
     return ", ".join(parts)
 
 
-def same_size_copy_us(nbytes: int, iters: int) -> float:
-    """GPU microseconds of dst.copy_(src) moving `nbytes` in all (half read, half written), cold L2."""
+def copy_call(nbytes: int):
+    """dst.copy_(src) on fresh buffers, moving `nbytes` in all (half read, half written)."""
     src = torch.empty(nbytes // 2, dtype=torch.uint8, device="cuda").fill_(3)
     dst = torch.empty_like(src)
-    return time_cuda(lambda: dst.copy_(src), iters=iters).median_ms * 1e3
+    return lambda: dst.copy_(src)
+
+
+def same_size_copy_us(nbytes: int, iters: int) -> float:
+    """GPU microseconds of a copy moving `nbytes` in all, cold L2."""
+    return time_cuda(copy_call(nbytes), iters=iters).median_ms * 1e3
 
 
 def timer_floor_us(iters: int) -> float:
@@ -125,10 +130,9 @@ def back_to_back_rows(rows: list[dict], dtype: torch.dtype, copy_gbs: float, ite
         cases = [make_case(row["op"], row["shape"], dtype)[0](lambda *a, op=row["op"]: getattr(ops, op)(*a, backend="cuda"))
                  for _ in range(BACK_TO_BACK)]
         cuda_us = back_to_back_us(cases, iters)
-        buffers = [(torch.empty(nbytes // 2, dtype=torch.uint8, device="cuda").fill_(3),
-                    torch.empty(nbytes // 2, dtype=torch.uint8, device="cuda")) for _ in range(BACK_TO_BACK)]
-        copy_us = back_to_back_us([lambda s=s, d=d: d.copy_(s) for s, d in buffers], iters)
-        del cases, buffers
+        copies = [copy_call(nbytes) for _ in range(BACK_TO_BACK)]
+        copy_us = back_to_back_us(copies, iters)
+        del cases, copies
         out.append({"op": row["op"], "shape": row["shape"], "cuda_us": cuda_us, "copy_us": copy_us,
                     "cuda_pct_copy": 100 * nbytes / (cuda_us * 1e-6) / 1e9 / copy_gbs,
                     "copy_pct_copy": 100 * nbytes / (copy_us * 1e-6) / 1e9 / copy_gbs})

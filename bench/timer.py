@@ -40,30 +40,43 @@ def _flush_buffer(device: torch.device) -> torch.Tensor:
     return _flush_buffers[device]
 
 
+def _resolve(device: torch.device | str | None) -> torch.device:
+    if isinstance(device, torch.device):
+        return device
+    return torch.device(device or "cuda", torch.cuda.current_device())
+
+
+def _timed_call(fn: Callable[[], object], flush: torch.Tensor | None) -> tuple[torch.cuda.Event, torch.cuda.Event]:
+    """Queues one timed call: the L2 flush (when asked), a spin, then fn() between two CUDA events."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    if flush is not None:
+        flush.fill_(1)
+    # Keep the GPU busy while the CPU queues the call, so the events time the GPU work, not the
+    # Python dispatch in front of it (measured separately: bench/ops.py's dispatch overhead).
+    torch.cuda._sleep(_SLEEP_CYCLES)
+    start.record()
+    fn()
+    end.record()
+    return start, end
+
+
+def _timing(calls: list[tuple[torch.cuda.Event, torch.cuda.Event]]) -> Timing:
+    times = [s.elapsed_time(e) for s, e in calls]
+    return Timing(statistics.median(times), min(times), max(times), len(times))
+
+
 def time_cuda(fn: Callable[[], object], warmup: int = 5, iters: int = 30, cold_l2: bool = True,
               device: torch.device | str | None = None) -> Timing:
     """Times fn() on the current CUDA stream: `warmup` untimed calls, then `iters` calls each between two
     CUDA events (the L2 flush, when asked, runs before the start event). Returns the per-call times."""
-    device = torch.device(device or "cuda", torch.cuda.current_device()) if not isinstance(device, torch.device) \
-        else device
+    device = _resolve(device)
     flush = _flush_buffer(device) if cold_l2 else None
     for _ in range(warmup):
         fn()
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
     torch.cuda.synchronize(device)
-    for start, end in zip(starts, ends):
-        if flush is not None:
-            flush.fill_(1)
-        # Keep the GPU busy while the CPU queues the call, so the events time the GPU work, not the
-        # Python dispatch in front of it (measured separately: bench/ops.py's dispatch overhead).
-        torch.cuda._sleep(_SLEEP_CYCLES)
-        start.record()
-        fn()
-        end.record()
+    calls = [_timed_call(fn, flush) for _ in range(iters)]
     torch.cuda.synchronize(device)
-    times = [s.elapsed_time(e) for s, e in zip(starts, ends)]
-    return Timing(statistics.median(times), min(times), max(times), iters)
+    return _timing(calls)
 
 
 def time_interleaved(fns: dict[str, Callable[[], object]], warmup: int = 3, rounds: int = 15, cold_l2: bool = True,
@@ -72,32 +85,20 @@ def time_interleaved(fns: dict[str, Callable[[], object]], warmup: int = 3, roun
     does one call: cold L2, spin, events), the order rotating from round to round, so that clock and power
     drift over the run reach every candidate alike and their ratios are taken under the same conditions
     (timing one candidate after another lets the first one run on a cooler, faster-clocked GPU)."""
-    device = torch.device(device or "cuda", torch.cuda.current_device()) if not isinstance(device, torch.device) \
-        else device
+    device = _resolve(device)
     flush = _flush_buffer(device) if cold_l2 else None
     names = list(fns)
     for name in names:
         for _ in range(warmup):
             fns[name]()
-    events = {name: [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-                     for _ in range(rounds)] for name in names}
     torch.cuda.synchronize(device)
+    calls: dict[str, list] = {name: [] for name in names}
     for r in range(rounds):
         for j in range(len(names)):
             name = names[(r + j) % len(names)]
-            start, end = events[name][r]
-            if flush is not None:
-                flush.fill_(1)
-            torch.cuda._sleep(_SLEEP_CYCLES)
-            start.record()
-            fns[name]()
-            end.record()
+            calls[name].append(_timed_call(fns[name], flush))
         torch.cuda.synchronize(device)  # bounds the queue; between rounds, outside every timed span
-    result = {}
-    for name in names:
-        times = [s.elapsed_time(e) for s, e in events[name]]
-        result[name] = Timing(statistics.median(times), min(times), max(times), rounds)
-    return result
+    return {name: _timing(calls[name]) for name in names}
 
 
 def copy_bandwidth_gbs(nbytes: int = 1 << 30, device: torch.device | str = "cuda") -> float:
