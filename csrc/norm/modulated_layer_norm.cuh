@@ -30,6 +30,23 @@ struct ModulationView {
   __device__ __forceinline__ const T* at(int64_t b, int64_t s) const { return ptr + b * batch_stride + s * seq_stride; }
 };
 
+// n / d and n % d for 0 <= n < 2^31 and a d > 0 fixed for the launch, as a multiply-high, an add and a shift
+// (Granlund and Montgomery): a 32-bit division is ~15 dependent instructions. With l = ceil(log2 d) and
+// m = floor(2^32 (2^l - d) / d) + 1: n / d = (umulhi(m, n) + n) >> l, exact for every n < 2^31 (the sum
+// stays below 2^32 there).
+struct RowDivider {
+  uint32_t divisor;
+  uint32_t multiplier;
+  uint32_t shift;
+  static RowDivider make(uint32_t d) {
+    uint32_t l = 0;
+    while (l < 32 && (uint64_t(1) << l) < d) ++l;
+    const uint64_t m = ((uint64_t(1) << 32) * ((uint64_t(1) << l) - d)) / d + 1;
+    return {d, uint32_t(m), l};
+  }
+  __device__ __forceinline__ uint32_t div(uint32_t n) const { return (__umulhi(multiplier, n) + n) >> shift; }
+};
+
 template <typename T>
 struct ModulatedNormParams {
   const T* x;          // [batch, seq, dim]
@@ -43,24 +60,28 @@ struct ModulatedNormParams {
   int64_t seq;
   int64_t dim;         // multiple of 8, <= kMaxRowElems
   float eps;
+  RowDivider seq_divider;  // RowDivider::make(seq), set by the launcher
 };
 
 // Vectors per thread up to which the gated norm loads gate/shift/scale with the row (see the kernel).
 constexpr int kPrefetchVecs = 4;
 
-// Registers: at 3 vectors per thread (FLUX, Wan-1.3B rows) ptxas gives the plain norm 38 (12 blocks of 128
-// per SM) and the gated one 71 (7 blocks). Forcing 16 and 8 blocks (__launch_bounds__ minimum; 32 and 64
-// registers, 24-28 bytes of spills) was slower on the H100 (2026-11-24, bench/gpu_ab.sh, 3 rounds): FLUX
-// rows 26.7 -> 28.5 us and 44.3 -> 47.7 us, Wan-1.3B 73.9 -> 81.0 and 139.4 -> 147.7.
+// Registers: at 3 vectors per thread (FLUX, Wan-1.3B rows) ptxas gives the plain norm 48 (10 blocks of 128
+// per SM) and the gated one 80 (6 blocks). Capping them has been slower each time it was tried on the H100
+// (bench/gpu_ab.sh): 16 and 8 blocks (32 and 64 registers, 24-28 bytes of spills; 2026-11-24) took FLUX rows
+// 26.7 -> 28.5 us and 44.3 -> 47.7 us; 12 blocks for the plain norm (40 registers, 4 bytes of spills;
+// 2026-11-25) 21.3 -> 21.6 us back to back.
 template <typename T, bool kHasResidual, int kVecs>
 __global__ void __launch_bounds__(kVecRowThreads) modulated_layer_norm_kernel(ModulatedNormParams<T> p, VecRowLayout layout) {
-  __shared__ float scratch[3 * kVecRowThreads / 32];
-  const int t = threadIdx.x % layout.threads_per_row;
-  const int64_t row = int64_t(blockIdx.x) * layout.rows_per_block + threadIdx.x / layout.threads_per_row;
+  __shared__ float scratch[2 * kVecRowThreads / 32];
+  // threads_per_row is a power of two: shifts and masks, where a runtime division is ~15 instructions
+  // (the kernel is instruction-bound at FLUX rows, see below).
+  const int t = threadIdx.x & (layout.threads_per_row - 1);
+  const int64_t row = int64_t(blockIdx.x) * layout.rows_per_block + (threadIdx.x >> (__ffs(layout.threads_per_row) - 1));
   const bool row_ok = row < p.batch * p.seq;
-  // Rows number below 2^31 (the export checks): a 32-bit division, where a 64-bit one is a call.
+  // Rows number below 2^31 (the export checks).
   const uint32_t row32 = row_ok ? uint32_t(row) : 0u;
-  const uint32_t b = row32 / uint32_t(p.seq);
+  const uint32_t b = p.seq_divider.div(row32);
   const uint32_t s = row32 - b * uint32_t(p.seq);
   const int chunks = int(p.dim / kVecElems);
   const int64_t row_offset = int64_t(row32) * p.dim;
@@ -101,36 +122,48 @@ __global__ void __launch_bounds__(kVecRowThreads) modulated_layer_norm_kernel(Mo
       unpack8<T>(res_raw[i], res);
       unpack8<T>(modulation(gate_raw, gate, i, c), g);
 #pragma unroll
-      for (int e = 0; e < kVecElems; ++e) v[e] = res[e] + g[e] * v[e];
+      for (int e = 0; e < kVecElems; ++e) v[e] = fmaf(g[e], v[e], res[e]);  // as k below
       v_raw[i] = pack8<T>(v);  // r rounded to T: the norm below reads the rounded r, as the reference
       *reinterpret_cast<uint4*>(p.r_out + row_offset + c * kVecElems) = v_raw[i];
     });
   }
 
-  // The thread's count, mean and M2 in one pass over its elements, shifted by its first element k (a sample
-  // of the same data, so s2 - s1^2 / n does not cancel the way a raw sum of squares would): 4 instructions an
-  // element where a mean pass and a centred pass took 5; the kernel is instruction-bound at FLUX rows at a
-  // locked 1.56 GHz (Nsight Compute, bench/RESULTS.md). With the 3-instruction output below, on the H100 at
-  // its own clocks (bench/gpu_ab.sh, 3 rounds): FLUX rows 26.4/26.2/26.5 -> 26.0/26.2/26.0 us, the gated
-  // norm unchanged (43.9/43.7/43.9 -> 43.9/44.2/43.8).
-  float n = 0.f, s1 = 0.f, s2 = 0.f, k = 0.f;
+  // Statistics in one pass over the thread's elements, shifted by k, the row's first element (every thread
+  // reads it: one 2-byte load, or for the gated norm r's, recomputed as thread 0 computes it). Shifting by
+  // an element of the row keeps s2 - s1^2 / dim from cancelling the way a raw sum of squares would on rows
+  // far from zero: (k - mean)^2 <= m2, so the error stays within ~dim ulp of m2. With one shift for the
+  // whole row the partial sums simply add up (row_sums: 2 values, no divide), where per-thread shifts took
+  // a Chan merge (a divide and ~15 instructions) at each of 5 shuffle steps and across the warps. 4
+  // instructions an element. The kernel is instruction-bound at FLUX rows (Nsight Compute, RESULTS.md):
+  // with this, the shift/mask row indexing and the multiply-high divide above, 880 -> 504 instructions
+  // in the FLUX-row kernel's SASS, and on the H100 (bench/gpu_ab.sh, 2 rounds, 2026-11-25) FLUX rows
+  // 22.6 -> 21.3 us back to back (83% -> 88% of copy), 26.0 -> 25.0 us per call.
+  float k;
+  if constexpr (kHasResidual) {
+    using H = HalfTraits<T>;
+    k = round_through<T>(fmaf(H::to_float(p.gate.at(b, s)[0]), H::to_float(p.x[row_offset]),
+                              H::to_float(p.residual[row_offset])));
+  } else {
+    k = HalfTraits<T>::to_float(p.x[row_offset]);
+  }
+  float sums[2] = {0.f, 0.f};  // sum (v - k), sum (v - k)^2
   each_vec([&](int i, int) {
     float v[kVecElems];
     unpack8<T>(v_raw[i], v);
-    if (i == 0) k = v[0];
 #pragma unroll
     for (int e = 0; e < kVecElems; ++e) {
       const float d = v[e] - k;
-      s1 += d;
-      s2 = fmaf(d, d, s2);
+      sums[0] += d;
+      sums[1] = fmaf(d, d, sums[1]);
     }
-    n += float(kVecElems);
   });
-  const float inv_n = n > 0.f ? 1.f / n : 0.f;
-  float mean = k + s1 * inv_n;
-  float m2 = fmaxf(s2 - s1 * s1 * inv_n, 0.f);
-  row_stats(n, mean, m2, layout.threads_per_row, scratch);
-  const float rstd = rsqrtf(m2 / float(p.dim) + p.eps);
+  // Rows of several vectors per thread span whole warps (make_vec_row_layout): a constant width there.
+  const int width = kVecs > 1 ? 32 : layout.threads_per_row < 32 ? layout.threads_per_row : 32;
+  row_sums<2>(sums, width, layout.threads_per_row, scratch);
+  const float inv_dim = __fdividef(1.f, float(p.dim));
+  const float mean = k + sums[0] * inv_dim;
+  const float m2 = fmaxf(sums[1] - sums[0] * sums[0] * inv_dim, 0.f);
+  const float rstd = rsqrtf(m2 * inv_dim + p.eps);
   const float mean_rstd = -mean * rstd;  // y = (v * rstd - mean * rstd) * (1 + scale) + shift: 3 instructions
 
   // shift and scale: one vector per sample (L2-resident) or per token, read where they lie.
@@ -148,7 +181,8 @@ __global__ void __launch_bounds__(kVecRowThreads) modulated_layer_norm_kernel(Mo
 }
 
 template <typename T, bool kHasResidual>
-void launch_modulated_layer_norm(const ModulatedNormParams<T>& p, cudaStream_t stream) {
+void launch_modulated_layer_norm(ModulatedNormParams<T> p, cudaStream_t stream) {
+  p.seq_divider = RowDivider::make(uint32_t(p.seq));
   const VecRowLayout layout = make_vec_row_layout(p.dim / kVecElems);
   const int64_t rows = p.batch * p.seq;
   const int64_t blocks = (rows + layout.rows_per_block - 1) / layout.rows_per_block;

@@ -7,7 +7,7 @@
 // chunk, up to 1024. One vector per thread keeps registers low (full occupancy: 2048 threads, each with
 // its loads in flight, per SM); measured on the H100 (2026-11-24), 4 vectors per thread at 256 threads
 // per row reached 1.9-2.3 TB/s on Wan-14B rows, against 3.0 TB/s for a copy.
-// Used by qk_norm_rope's "half" style (a row there is one token's heads); row_sum and group_sum also by
+// Used by qk_norm_rope's "half" style (a row there is one token's heads); the row sums also by
 // the register-row kernels (row_vectors.cuh).
 #pragma once
 
@@ -49,30 +49,56 @@ inline RowLayout make_row_layout(int64_t chunks) {
   return layout;
 }
 
-// Sum of v over the lanes of an aligned group of `width` lanes (a power of two <= 32). Every lane of
-// the warp must call it, whether or not its row exists: the shuffles use the full mask.
-__device__ __forceinline__ float group_sum(float v, int width) {
-  for (int offset = width / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
+// Sums of N values at once over the lanes of an aligned group of `width` lanes (a power of two <= 32): the
+// N butterflies interleaved, so the shuffles of independent sums overlap instead of running as N dependent
+// chains. Every lane of the warp must call it, whether or not its row exists: the shuffles use the full mask.
+template <int N>
+__device__ __forceinline__ void group_sums(float (&v)[N], int width) {
+#pragma unroll
+  for (int offset = width / 2; offset > 0; offset /= 2) {
+#pragma unroll
+    for (int j = 0; j < N; ++j) v[j] += __shfl_xor_sync(0xffffffffu, v[j], offset);
+  }
 }
 
-// Sum of v over the threads of this thread's row. `scratch` holds one float per warp of the block.
-// Every thread of the block must call it (it synchronizes the block when a row spans several warps).
-__device__ __forceinline__ float row_sum(float v, int threads_per_row, float* scratch) {
-  v = group_sum(v, threads_per_row < 32 ? threads_per_row : 32);
-  if (threads_per_row <= 32) return v;
-  const int warp = threadIdx.x / 32;
+__device__ __forceinline__ float group_sum(float v, int width) {
+  float sums[1] = {v};
+  group_sums<1>(sums, width);
+  return sums[0];
+}
+
+// Sums of N values at once over the threads of this thread's row: one pass of shuffles and one pair of
+// barriers for all. `width` is min(threads_per_row, 32), a constant where the caller knows it (the shuffle
+// steps then unroll). `scratch` holds N floats per warp of the block. Every thread of the block must call
+// it (it synchronizes the block when a row spans several warps).
+template <int N>
+__device__ __forceinline__ void row_sums(float (&v)[N], int width, int threads_per_row, float* scratch) {
+  group_sums<N>(v, width);
+  if (threads_per_row <= 32) return;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int warps_per_row = threads_per_row / 32;
-  const int first_warp = warp / warps_per_row * warps_per_row;
-  if (threadIdx.x % 32 == 0) scratch[warp] = v;
+  // The row's first warp: a mask when warps_per_row is a power of two (every register-row layout), where
+  // a division is ~15 instructions.
+  const int first_warp = (warps_per_row & (warps_per_row - 1)) == 0 ? warp & ~(warps_per_row - 1)
+                                                                     : warp / warps_per_row * warps_per_row;
+  if (lane == 0) {
+#pragma unroll
+    for (int j = 0; j < N; ++j) scratch[N * warp + j] = v[j];
+  }
   __syncthreads();
-  // Lane l of every warp of the row takes warp l's partial and the warp sums them with shuffles: one
-  // shared-memory read and 5 shuffles, where a loop over up to 32 partials was a chain of dependent
-  // loads that left the SM idle while only a few blocks (rows) are resident.
-  const int lane = threadIdx.x % 32;
-  const float total = group_sum(lane < warps_per_row ? scratch[first_warp + lane] : 0.f, 32);
+  // Lane l of every warp of the row takes warp l's partials and the warp sums them with shuffles: one
+  // shared-memory read per value and 5 shuffle steps, where a loop over up to 32 partials was a chain of
+  // dependent loads that left the SM idle while only a few blocks (rows) are resident.
+#pragma unroll
+  for (int j = 0; j < N; ++j) v[j] = lane < warps_per_row ? scratch[N * (first_warp + lane) + j] : 0.f;
+  group_sums<N>(v, 32);
   __syncthreads();  // scratch is reused by the next reduction
-  return total;
+}
+
+__device__ __forceinline__ float row_sum(float v, int threads_per_row, float* scratch) {
+  float sums[1] = {v};
+  row_sums<1>(sums, threads_per_row < 32 ? threads_per_row : 32, threads_per_row, scratch);
+  return sums[0];
 }
 
 }  // namespace fastdit

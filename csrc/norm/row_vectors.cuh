@@ -59,50 +59,6 @@ inline VecRowLayout make_vec_row_layout(int64_t chunks) {
   return best;
 }
 
-// Chan's merge of two partial (count, mean, M2 = sum of squared deviations) statistics: exact in real
-// arithmetic and stable in fp32 (no sum-of-squares minus squared-sum cancellation).
-__device__ __forceinline__ void merge_stats(float& n, float& mean, float& m2, float nb, float mean_b, float m2_b) {
-  const float n_ab = n + nb;
-  if (n_ab == 0.f) return;
-  const float delta = mean_b - mean;
-  // Counts are exact small integers, where the fast divide is within 2 ulp; the IEEE one is a longer
-  // sequence on every merge of the reduction (layer_norm_modulate at FLUX rows, H100, bench/gpu_ab.sh,
-  // 3 rounds: 26.4/26.6/26.6 -> 26.4/26.2/26.1 us).
-  const float frac_b = __fdividef(nb, n_ab);
-  mean += delta * frac_b;
-  m2 += m2_b + delta * delta * n * frac_b;
-  n = n_ab;
-}
-
-// Merges (n, mean, m2) over the threads of this thread's row; every thread of the block must call it.
-// `scratch` holds 3 floats per warp of the block (rows of more than 32 threads only).
-__device__ __forceinline__ void row_stats(float& n, float& mean, float& m2, int threads_per_row, float* scratch) {
-  const int width = threads_per_row < 32 ? threads_per_row : 32;
-  for (int offset = width / 2; offset > 0; offset /= 2) {
-    const float nb = __shfl_xor_sync(0xffffffffu, n, offset);
-    const float mean_b = __shfl_xor_sync(0xffffffffu, mean, offset);
-    const float m2_b = __shfl_xor_sync(0xffffffffu, m2, offset);
-    merge_stats(n, mean, m2, nb, mean_b, m2_b);
-  }
-  if (threads_per_row <= 32) return;
-  const int warp = threadIdx.x / 32;
-  const int warps_per_row = threads_per_row / 32;
-  const int first_warp = warp / warps_per_row * warps_per_row;
-  if (threadIdx.x % 32 == 0) {
-    scratch[3 * warp] = n;
-    scratch[3 * warp + 1] = mean;
-    scratch[3 * warp + 2] = m2;
-  }
-  __syncthreads();
-  n = scratch[3 * first_warp];
-  mean = scratch[3 * first_warp + 1];
-  m2 = scratch[3 * first_warp + 2];
-  for (int w = first_warp + 1; w < first_warp + warps_per_row; ++w) {
-    merge_stats(n, mean, m2, scratch[3 * w], scratch[3 * w + 1], scratch[3 * w + 2]);
-  }
-  __syncthreads();  // scratch is reused by the next row
-}
-
 // Calls fn(i, c) for each of this thread's vectors i < kVecs whose chunk c = t + i * threads_per_row lies
 // in the row (row_ok and c < chunks): the loop a register-row kernel runs over its row, unrolled.
 template <int kVecs, typename Fn>

@@ -60,37 +60,6 @@ __device__ __forceinline__ void rotate_interleaved8(float (&v)[kVecElems], const
   }
 }
 
-// group_sum (row_layout.cuh) of N values at once: the N butterflies interleaved, so the shuffles of
-// independent sums overlap instead of running as N dependent chains. Same offsets in the same order as
-// group_sum, so each sum is bit-identical to it. Every lane of the warp must call it.
-template <int N>
-__device__ __forceinline__ void group_sums(float (&v)[N], int width) {
-  for (int offset = width / 2; offset > 0; offset /= 2) {
-#pragma unroll
-    for (int j = 0; j < N; ++j) v[j] += __shfl_xor_sync(0xffffffffu, v[j], offset);
-  }
-}
-
-// row_sum (row_layout.cuh) of q's and k's sums at once: one pass of shuffles and one pair of barriers for
-// both. `scratch` holds 2 floats per warp of the block. Every thread of the block must call it.
-__device__ __forceinline__ void row_sums_qk(float (&v)[2], int threads_per_row, float* scratch) {
-  group_sums<2>(v, threads_per_row < 32 ? threads_per_row : 32);
-  if (threads_per_row <= 32) return;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int warps_per_row = threads_per_row / 32;
-  const int first_warp = warp / warps_per_row * warps_per_row;
-  if (lane == 0) {
-    scratch[2 * warp] = v[0];
-    scratch[2 * warp + 1] = v[1];
-  }
-  __syncthreads();
-  // As row_sum: lane l takes warp l's partials, and the warp sums them with shuffles.
-  v[0] = lane < warps_per_row ? scratch[2 * (first_warp + lane)] : 0.f;
-  v[1] = lane < warps_per_row ? scratch[2 * (first_warp + lane) + 1] : 0.f;
-  group_sums<2>(v, 32);
-  __syncthreads();  // scratch is reused by the next reduction
-}
-
 // One token's q row AND k row per threads_per_row threads (make_vec_row_layout(heads * head_dim / 8)),
 // kVecs packed vectors of each per thread; thread t holds chunks t, t + threads_per_row, ...
 // Why q and k in one block (not blockIdx.y = q/k as the half kernel): the token's cos/sin (4 * head_dim
@@ -168,7 +137,7 @@ __global__ void __launch_bounds__(kVecRowThreads) qk_norm_rope_interleaved_kerne
       float row[2] = {0.f, 0.f};
 #pragma unroll
       for (int j = 0; j < 2 * kVecs; ++j) row[j / kVecs] += sum_sq[j];
-      row_sums_qk(row, layout.threads_per_row, scratch);
+      row_sums<2>(row, layout.threads_per_row < 32 ? layout.threads_per_row : 32, layout.threads_per_row, scratch);
 #pragma unroll
       for (int qk = 0; qk < 2; ++qk) inv_rms[qk * kVecs] = rsqrtf(row[qk] / float(chunks * kVecElems) + p.eps);
     }
