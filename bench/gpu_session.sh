@@ -49,7 +49,7 @@ for step in $STEPS; do
 print(torch.__version__, triton.__version__, torch.cuda.get_device_name()); print(L.library_status())" ;;
     tests) run tests 330 python3 -m pytest -q -m gpu -p no:cacheprovider --timeout 300 --continue-on-collection-errors \
              ${FASTDIT_TESTS:-tests} ;;
-    ops) run ops 240 python3 bench/ops.py --json "$OUT/ops.json" ;;
+    ops) run ops 420 python3 bench/ops.py --json "$OUT/ops.json" ;;
     attention) run attention 240 python3 bench/attention.py --json "$OUT/attention.json" ;;
     comm) run comm 120 python3 bench/comm.py --json "$OUT/comm.json" ;;
     e2e_flux) run e2e_flux 560 python3 bench/e2e_flux.py --json "$OUT/e2e_flux.json" ;;
