@@ -128,24 +128,34 @@ __global__ void __launch_bounds__(kVecRowThreads) modulated_layer_norm_kernel(Mo
     });
   }
 
-  // Statistics in one pass over the thread's elements, shifted by k, the row's first element (every thread
-  // reads it: one 2-byte load, or for the gated norm r's, recomputed as thread 0 computes it). Shifting by
-  // an element of the row keeps s2 - s1^2 / dim from cancelling the way a raw sum of squares would on rows
-  // far from zero: (k - mean)^2 <= m2, so the error stays within ~dim ulp of m2. With one shift for the
-  // whole row the partial sums simply add up (row_sums: 2 values, no divide), where per-thread shifts took
-  // a Chan merge (a divide and ~15 instructions) at each of 5 shuffle steps and across the warps. 4
-  // instructions an element. The kernel is instruction-bound at FLUX rows (Nsight Compute, RESULTS.md):
-  // with this, the shift/mask row indexing and the multiply-high divide above, 880 -> 504 instructions
-  // in the FLUX-row kernel's SASS, and on the H100 (bench/gpu_ab.sh, 2 rounds, 2026-11-25) FLUX rows
-  // 22.6 -> 21.3 us back to back (83% -> 88% of copy), 26.0 -> 25.0 us per call.
-  float k;
+  // Statistics in one pass over the thread's elements, shifted by k, the mean of the row's first 8 elements
+  // (every thread loads that vector and computes k alike; for the gated norm from r, computed as thread 0
+  // computes it). Shifting by a sample of the row keeps s2 - s1^2 / dim from cancelling the way a raw sum
+  // of squares would on rows far from zero: (k - mean)^2 <= m2 / 8, so the error stays within ~dim / 8 ulp
+  // of m2 even when one of those 8 is an outlier thousands of standard deviations out (a single element as
+  // k measured 1 fp16 ulp of error there: the outlier tests in tests/ops). With one shift for the whole row
+  // the partial sums simply add up (row_sums: 2 values, no divide), where per-thread shifts took a Chan
+  // merge (a divide and ~15 instructions) at each of 5 shuffle steps and across the warps. 4 instructions
+  // an element. The kernel is instruction-bound at FLUX rows (Nsight Compute, RESULTS.md): with this, the
+  // shift/mask row indexing and the multiply-high divide above, 880 -> 544 instructions in the FLUX-row
+  // kernel's SASS, and on the H100 (bench/gpu_ab.sh, 2 rounds each, 2026-11-25) FLUX rows 22.6 -> 21.3 us
+  // back to back (83% -> 88% of copy) with one element as k, 21.5 us with the mean of 8; two passes
+  // (mean, then centred squares: exact, two reductions) 21.7 us.
+  float first[kVecElems];  // the row's first 8 elements (of r for the gated norm, computed as thread 0 does)
   if constexpr (kHasResidual) {
-    using H = HalfTraits<T>;
-    k = round_through<T>(fmaf(H::to_float(p.gate.at(b, s)[0]), H::to_float(p.x[row_offset]),
-                              H::to_float(p.residual[row_offset])));
+    float fx[kVecElems], fr[kVecElems], fg[kVecElems];
+    unpack8<T>(load_raw(p.x + row_offset), fx);
+    unpack8<T>(load_raw(p.residual + row_offset), fr);
+    unpack8<T>(load_raw_readonly(p.gate.at(b, s)), fg);
+#pragma unroll
+    for (int e = 0; e < kVecElems; ++e) first[e] = round_through<T>(fmaf(fg[e], fx[e], fr[e]));
   } else {
-    k = HalfTraits<T>::to_float(p.x[row_offset]);
+    unpack8<T>(load_raw(p.x + row_offset), first);
   }
+  float k = 0.f;
+#pragma unroll
+  for (int e = 0; e < kVecElems; ++e) k += first[e];
+  k *= 1.f / kVecElems;
   float sums[2] = {0.f, 0.f};  // sum (v - k), sum (v - k)^2
   each_vec([&](int i, int) {
     float v[kVecElems];

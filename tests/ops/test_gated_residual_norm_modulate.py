@@ -89,6 +89,23 @@ def test_gpu_every_row_layout(backend, dim):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gpu_rows_far_from_zero_or_led_by_an_outlier(backend, dtype):
+    """The CUDA kernel shifts its sums by the mean of r's first 8 elements, recomputed by every thread as
+    thread 0 computes them: rows far from zero, and rows whose first element of r is thousands of standard
+    deviations out (with the first element alone as the shift, this read 1 fp16 ulp of error in y)."""
+    torch.manual_seed(5)
+    x = torch.randn(2, 77, 3072, device="cuda").to(dtype)
+    gate, shift, scale, *_ = chunked_mods(2, 3072, dtype, "cuda")
+    far = (torch.randn(2, 77, 3072, device="cuda") * 0.5 + 300).to(dtype)
+    _check(backend, far, x, gate, shift, scale, f"{backend} {dtype} far from zero")
+    led = torch.randn(2, 77, 3072, device="cuda")
+    led[..., 0] = 3000.0
+    _check(backend, led.to(dtype), x, gate, shift, scale, f"{backend} {dtype} outlier first")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
 def test_gpu_per_token_modulation(backend):
     residual, x, gate, shift, scale = torch.randn(5, 2, 77, 1536, dtype=torch.bfloat16, device="cuda")
     _check(backend, residual, x, gate, shift, scale, f"{backend} per token")
