@@ -30,19 +30,18 @@ struct ModulationView {
   __device__ __forceinline__ const T* at(int64_t b, int64_t s) const { return ptr + b * batch_stride + s * seq_stride; }
 };
 
-// n / d and n % d for 0 <= n < 2^31 and a d > 0 fixed for the launch, as a multiply-high, an add and a shift
-// (Granlund and Montgomery): a 32-bit division is ~15 dependent instructions. With l = ceil(log2 d) and
-// m = floor(2^32 (2^l - d) / d) + 1: n / d = (umulhi(m, n) + n) >> l, exact for every n < 2^31 (the sum
-// stays below 2^32 there).
+// n / d for 0 <= n < 2^31 and a d in [1, 2^31) fixed for the launch, as a multiply-high, an add and a shift
+// (Granlund and Montgomery), where a 32-bit division is ~15 dependent instructions. With l = ceil(log2 d)
+// and m = floor(2^32 (2^l - d) / d) + 1 (< 2^32): n / d = (umulhi(m, n) + n) >> l, exact for every
+// n < 2^31 (the sum stays below 2^32 there; checked exhaustively over small d and at random up to 2^31).
 struct RowDivider {
-  uint32_t divisor;
   uint32_t multiplier;
   uint32_t shift;
   static RowDivider make(uint32_t d) {
     uint32_t l = 0;
     while (l < 32 && (uint64_t(1) << l) < d) ++l;
     const uint64_t m = ((uint64_t(1) << 32) * ((uint64_t(1) << l) - d)) / d + 1;
-    return {d, uint32_t(m), l};
+    return {uint32_t(m), l};
   }
   __device__ __forceinline__ uint32_t div(uint32_t n) const { return (__umulhi(multiplier, n) + n) >> shift; }
 };
@@ -67,7 +66,7 @@ struct ModulatedNormParams {
 constexpr int kPrefetchVecs = 4;
 
 // Registers: at 3 vectors per thread (FLUX, Wan-1.3B rows) ptxas gives the plain norm 48 (10 blocks of 128
-// per SM) and the gated one 80 (6 blocks). Capping them has been slower each time it was tried on the H100
+// per SM) and the gated one 78 (6 blocks). Capping them has been slower each time it was tried on the H100
 // (bench/gpu_ab.sh): 16 and 8 blocks (32 and 64 registers, 24-28 bytes of spills; 2026-11-24) took FLUX rows
 // 26.7 -> 28.5 us and 44.3 -> 47.7 us; 12 blocks for the plain norm (40 registers, 4 bytes of spills;
 // 2026-11-25) 21.3 -> 21.6 us back to back.
