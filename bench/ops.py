@@ -12,7 +12,9 @@ bandwidth this way. Back to back: the same calls, each on its own buffers (so ev
 from DRAM), replayed in one CUDA graph as the ops run inside a graphed model step, the time divided by
 the calls. The copy bandwidth itself is a 1 GiB copy, where launch costs vanish, so the share of copy
 is taken from the back-to-back time: kernel against copy, like for like. The per-call share is printed
-beside it, and each row also shows a copy of the same bytes timed both ways (the ceiling at that size).
+beside it, and each row also shows a copy of the same bytes timed both ways, for reference (inside a CUDA
+graph torch's copy_ becomes a memcpy node, which at 400 MB and more per call reads slower than the same
+copy launched alone, so that column is no ceiling there).
 
     python bench/ops.py [--shapes flux wan1.3b wan14b] [--ops rms_norm ...] [--no-compile] [--json out.json]
 """
