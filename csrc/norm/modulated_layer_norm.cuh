@@ -62,6 +62,19 @@ struct ModulatedNormParams {
   RowDivider seq_divider;  // RowDivider::make(seq), set by the launcher
 };
 
+// r = round(residual + gate * x) for one vector of 8, packed as T: the gated norm's r (the norm reads the
+// rounded r, as the reference does), and the r its shift k is taken from.
+template <typename T>
+__device__ __forceinline__ uint4 gated_residual8(uint4 x_raw, uint4 residual_raw, uint4 gate_raw) {
+  float v[kVecElems], res[kVecElems], g[kVecElems];
+  unpack8<T>(x_raw, v);
+  unpack8<T>(residual_raw, res);
+  unpack8<T>(gate_raw, g);
+#pragma unroll
+  for (int e = 0; e < kVecElems; ++e) v[e] = fmaf(g[e], v[e], res[e]);
+  return pack8<T>(v);
+}
+
 // Vectors per thread up to which the gated norm loads gate/shift/scale with the row (see the kernel).
 constexpr int kPrefetchVecs = 4;
 
@@ -116,13 +129,7 @@ __global__ void __launch_bounds__(kVecRowThreads) modulated_layer_norm_kernel(Mo
       });
     }
     each_vec([&](int i, int c) {
-      float v[kVecElems], res[kVecElems], g[kVecElems];
-      unpack8<T>(v_raw[i], v);
-      unpack8<T>(res_raw[i], res);
-      unpack8<T>(modulation(gate_raw, gate, i, c), g);
-#pragma unroll
-      for (int e = 0; e < kVecElems; ++e) v[e] = fmaf(g[e], v[e], res[e]);  // as k below
-      v_raw[i] = pack8<T>(v);  // r rounded to T: the norm below reads the rounded r, as the reference
+      v_raw[i] = gated_residual8<T>(v_raw[i], res_raw[i], modulation(gate_raw, gate, i, c));
       *reinterpret_cast<uint4*>(p.r_out + row_offset + c * kVecElems) = v_raw[i];
     });
   }
@@ -142,12 +149,8 @@ __global__ void __launch_bounds__(kVecRowThreads) modulated_layer_norm_kernel(Mo
   // (mean, then centred squares: exact, two reductions) 21.7 us.
   float first[kVecElems];  // the row's first 8 elements (of r for the gated norm, computed as thread 0 does)
   if constexpr (kHasResidual) {
-    float fx[kVecElems], fr[kVecElems], fg[kVecElems];
-    unpack8<T>(load_raw(p.x + row_offset), fx);
-    unpack8<T>(load_raw(p.residual + row_offset), fr);
-    unpack8<T>(load_raw_readonly(p.gate.at(b, s)), fg);
-#pragma unroll
-    for (int e = 0; e < kVecElems; ++e) first[e] = round_through<T>(fmaf(fg[e], fx[e], fr[e]));
+    unpack8<T>(gated_residual8<T>(load_raw(p.x + row_offset), load_raw(p.residual + row_offset),
+                                  load_raw_readonly(p.gate.at(b, s))), first);
   } else {
     unpack8<T>(load_raw(p.x + row_offset), first);
   }
