@@ -5,9 +5,10 @@
 #           sm90 attention kernel is in; an isolated build has no CUTLASS headers and leaves it out)
 #   device: bash bench/gpu_session.sh [STEP ...]       carry: ["dist", ".whl"]
 #
-# STEPs (default: all, in this order): env tests ops attention comm e2e_flux e2e_wan (also: parallel, serving)
+# STEPs (default: all, in this order): env tests ops attention comm e2e_flux e2e_wan (also: floor, parallel, serving)
 # FASTDIT_TESTS="tests/ops/test_attention.py ..." narrows the tests step to those files; FASTDIT_WAN_ARGS="--cases
-# 1.3B@480x832 ..." passes arguments to bench/e2e_wan.py.
+# 1.3B@480x832 ..." passes arguments to bench/e2e_wan.py; FASTDIT_FLOOR_ARGS="--lt-algos $PWD/build/gemm_algos.so" to
+# bench/flux_floor.py (carry build/gemm_algos.so too).
 # One device command runs at most 600 s: split the steps over calls, e.g. "env tests attention", then
 # "ops e2e_flux", then "e2e_wan serving" (the machine stays warm 30 s between calls).
 # The device machine has torch, triton and transformers but not diffusers nor the server's stack: .whl/
@@ -52,6 +53,7 @@ print(torch.__version__, triton.__version__, torch.cuda.get_device_name()); prin
     ops) run ops 420 python3 bench/ops.py --json "$OUT/ops.json" ;;
     attention) run attention 240 python3 bench/attention.py --json "$OUT/attention.json" ;;
     comm) run comm 120 python3 bench/comm.py --json "$OUT/comm.json" ;;
+    floor) run floor 420 python3 bench/flux_floor.py ${FASTDIT_FLOOR_ARGS:-} --json "$OUT/floor.json" ;;
     e2e_flux) run e2e_flux 560 python3 bench/e2e_flux.py --json "$OUT/e2e_flux.json" ;;
     e2e_wan) run e2e_wan 560 python3 bench/e2e_wan.py ${FASTDIT_WAN_ARGS:-} --json "$OUT/e2e_wan.json" ;;
     parallel) run parallel 560 python3 bench/parallel.py ${FASTDIT_PARALLEL_ARGS:---cases flux-1024 wan1.3b-480p --layouts 1} \
