@@ -9,11 +9,14 @@ and sums them with their counts per step: the step's GEMM + attention time at th
 
 --lt-algos LIB also times every candidate cuBLASLt's heuristic offers for each GEMM (bench/gemm_algos.cu,
 built here with nvcc against the nvidia-cublas wheel's headers; the device's torch brings libcublasLt.so.13):
-whether another algorithm than the one torch runs takes less time (energy) at the cap.
+whether another algorithm than the one torch runs takes less time (energy) at the cap. --enumerate MOST goes past
+the heuristic: every (algorithm, tile, stages, custom option) cuBLASLt accepts for the problem, ranked by a burst
+timing, the fastest --candidates then timed at the cap.
 
     nvcc -O2 -std=c++17 -shared -Xcompiler -fPIC -I<nvidia/cu13/include> bench/gemm_algos.cu \\
          -L<nvidia/cu13/lib> -l:libcublasLt.so.13 -o build/gemm_algos.so
-    python3 bench/flux_floor.py [--lt-algos build/gemm_algos.so] [--json floor.json]     (~1 min; ~3 with algos)
+    python3 bench/flux_floor.py [--lt-algos build/gemm_algos.so [--enumerate 5000]] [--json floor.json]
+    (~1 min; ~4 with --lt-algos)
 """
 
 from __future__ import annotations
@@ -99,6 +102,7 @@ class Gemm:
 def load_lib(path: str) -> ctypes.CDLL:
     lib = ctypes.CDLL(path)  # after torch: its libcublasLt.so.13 is already loaded
     lib.gemm_algos_find.argtypes = [ctypes.c_int] * 5 + [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    lib.gemm_algos_enumerate.argtypes = lib.gemm_algos_find.argtypes
     lib.gemm_algos_describe.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
     return lib
 
@@ -114,19 +118,51 @@ def row(label, config: str, tflop: float, per_step: int, t, err: float) -> dict:
     return r
 
 
-def gemm_rows(spec, lib, candidates: int, calls: int, hold: float) -> list[dict]:
+def burst_ms(call, reps: int = 3) -> float:
+    """ms per call over `reps` direct calls queued behind a spin (a quick ranking, not a graph)."""
+    call(0)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda._sleep(1_000_000)
+    start.record()
+    for r in range(reps):
+        call(r % SETS)
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / reps
+
+
+def lt_candidates(gemm: Gemm, candidates: int, enumerate_most: int) -> tuple[list[int], str]:
+    """The cuBLASLt candidates to time: the heuristic's (up to `candidates`), or with enumerate_most > 0 every
+    configuration cuBLASLt accepts (up to that many), ranked by a quick burst timing, the fastest `candidates`."""
+    lib, args = gemm.lib, (gemm.m, gemm.n, gemm.k, gemm.ldw, gemm.epilogue, ptr(gemm.bias[0]), WORKSPACE)
+    if enumerate_most <= 0:
+        count = lib.gemm_algos_find(*args, candidates)
+        return list(range(max(count, 0))), f"{count} cuBLASLt heuristic candidates"
+    count = lib.gemm_algos_enumerate(*args, enumerate_most)
+    quick = []
+    for i in range(max(count, 0)):
+        try:
+            quick.append((burst_ms(lambda s, i=i: gemm.lt_call(i, s)), i))
+        except RuntimeError:
+            continue
+    quick.sort()
+    return [i for _, i in quick[:candidates]], (f"{count} cuBLASLt configurations, {len(quick)} ran; the "
+                                                 f"{min(candidates, len(quick))} fastest at burst timed below")
+
+
+def gemm_rows(spec, lib, candidates: int, enumerate_most: int, calls: int, hold: float) -> list[dict]:
     name, m, k, n, ldw, epilogue, per_step = spec
     gemm = Gemm(m, k, n, ldw, epilogue, lib)
     tflop = 2 * m * n * k / 1e12
-    count = lib.gemm_algos_find(m, n, k, ldw, epilogue, ptr(gemm.bias[0]), WORKSPACE, candidates) if lib else 0
+    chosen, what = lt_candidates(gemm, candidates, enumerate_most) if lib else ([], "")
     print(f"\n{name}: M={m} K={k} N={n} ldw={ldw} {EPILOGUES[epilogue]}, {per_step} per step"
-          + (f", {count} cuBLASLt candidates" if lib else ""))
+          + (f", {what}" if lib else ""))
     reference = []
     for s in range(SETS):
         gemm.out[s].copy_(gemm.residual[s])
         reference.append(gemm.torch_call(s).float())
     rows = [row("torch", "", tflop, per_step, time_sustained(capture(gemm.torch_call, calls, SETS), calls, hold), 0.0)]
-    for i in range(count):
+    for i in chosen:
         text = ctypes.create_string_buffer(256)
         lib.gemm_algos_describe(i, text, 256)
         call = lambda s, i=i: gemm.lt_call(i, s)  # noqa: E731
@@ -167,7 +203,12 @@ def attention_rows(calls: int, hold: float) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lt-algos", default=None, metavar="LIB", help="time cuBLASLt's candidates too (gemm_algos.so)")
-    parser.add_argument("--candidates", type=int, default=16, help="cuBLASLt heuristic candidates asked per GEMM")
+    parser.add_argument("--candidates", type=int, default=16, help="cuBLASLt candidates timed per GEMM")
+    parser.add_argument("--enumerate", type=int, default=0, metavar="MOST",
+                        help="with --lt-algos: rank up to MOST of every configuration cuBLASLt accepts (not only "
+                             "its heuristic's) by a burst timing, then time the fastest --candidates")
+    parser.add_argument("--gemms", nargs="*", default=None, help="only these (names from FLUX_GEMMS)")
+    parser.add_argument("--no-attention", action="store_true")
     parser.add_argument("--hold", type=float, default=1.2, help="seconds of back-to-back replays per timing")
     parser.add_argument("--calls", type=int, default=12, help="calls per captured graph")
     parser.add_argument("--json", default=None)
@@ -177,9 +218,11 @@ def main() -> None:
     print(torch.cuda.get_device_name(), torch.__version__)
     report = {"gemms": {}, "attention": []}
     for spec in FLUX_GEMMS:
-        report["gemms"][spec[0]] = gemm_rows(spec, lib, args.candidates, args.calls, args.hold)
-        torch.cuda.empty_cache()
-    report["attention"] = attention_rows(args.calls, args.hold)
+        if args.gemms is None or spec[0] in args.gemms:
+            report["gemms"][spec[0]] = gemm_rows(spec, lib, args.candidates, args.enumerate, args.calls, args.hold)
+            torch.cuda.empty_cache()
+    if not args.no_attention:
+        report["attention"] = attention_rows(args.calls, args.hold)
 
     print("\nper step at the power cap (sustained ms x calls per step)")
     torch_sum = best_sum = burst_sum = 0.0

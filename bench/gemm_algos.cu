@@ -11,6 +11,7 @@
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
+#include <cstdint>
 #include <cstdio>
 #include <vector>
 
@@ -55,8 +56,13 @@ int describe(Problem& p, int m, int n, int k, int ldw, int epilogue, const void*
 }
 
 int config(const cublasLtMatmulAlgo_t& algo, cublasLtMatmulAlgoConfigAttributes_t attr) {
-  int value = 0;  // every attribute read here fits in an int (uint16/uint32/int32 in the header)
   size_t written = 0;
+  if (attr == CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID || attr == CUBLASLT_ALGO_CONFIG_INNER_SHAPE_ID) {
+    uint16_t value = 0;  // the two uint16_t attributes (the rest are 32-bit)
+    cublasLtMatmulAlgoConfigGetAttribute(&algo, attr, &value, sizeof(value), &written);
+    return value;
+  }
+  int32_t value = 0;
   cublasLtMatmulAlgoConfigGetAttribute(&algo, attr, &value, sizeof(value), &written);
   return value;
 }
@@ -82,6 +88,59 @@ EXPORT int gemm_algos_find(int m, int n, int k, int ldw, int epilogue, const voi
   if (st != CUBLAS_STATUS_SUCCESS) return -3;
   found.resize(count);
   return count;
+}
+
+// Every configuration cuBLASLt can run for this problem, not only the heuristic's picks: for each algorithm id
+// of bf16 x bf16 -> bf16 with fp32 compute, every (tile, stages, custom option) its capabilities list, cluster
+// shape automatic, no split-K, that cublasLtMatmulAlgoCheck accepts within the workspace. Up to `most` of them
+// stay as the candidates (replacing gemm_algos_find's); returns how many (< 0: an error).
+EXPORT int gemm_algos_enumerate(int m, int n, int k, int ldw, int epilogue, const void* bias, size_t workspace_bytes,
+                                int most) {
+  if (!handle && cublasLtCreate(&handle)) return -1;
+  Problem p;
+  if (describe(p, m, n, k, ldw, epilogue, bias)) return -2;
+  int ids[256], id_count = 0;
+  if (cublasLtMatmulAlgoGetIds(handle, CUBLAS_COMPUTE_32F, CUDA_R_32F, CUDA_R_16BF, CUDA_R_16BF, CUDA_R_16BF,
+                               CUDA_R_16BF, 256, ids, &id_count))
+    return -3;
+  found.clear();
+  for (int a = 0; a < id_count; ++a) {
+    cublasLtMatmulAlgo_t algo;
+    if (cublasLtMatmulAlgoInit(handle, CUBLAS_COMPUTE_32F, CUDA_R_32F, CUDA_R_16BF, CUDA_R_16BF, CUDA_R_16BF,
+                               CUDA_R_16BF, ids[a], &algo))
+      continue;
+    uint32_t tiles[1024], stages[1024];
+    size_t tile_bytes = 0, stage_bytes = 0;
+    int custom_max = 0;
+    size_t written = 0;
+    if (cublasLtMatmulAlgoCapGetAttribute(&algo, CUBLASLT_ALGO_CAP_TILE_IDS, tiles, sizeof(tiles), &tile_bytes))
+      continue;
+    if (cublasLtMatmulAlgoCapGetAttribute(&algo, CUBLASLT_ALGO_CAP_STAGES_IDS, stages, sizeof(stages), &stage_bytes))
+      stage_bytes = 0;
+    cublasLtMatmulAlgoCapGetAttribute(&algo, CUBLASLT_ALGO_CAP_CUSTOM_OPTION_MAX, &custom_max, sizeof(custom_max),
+                                      &written);
+    int tile_count = static_cast<int>(tile_bytes / sizeof(uint32_t));
+    int stage_count = stage_bytes ? static_cast<int>(stage_bytes / sizeof(uint32_t)) : 1;
+    if (!stage_bytes) stages[0] = 0;  // CUBLASLT_MATMUL_STAGES_UNDEFINED
+    for (int t = 0; t < tile_count; ++t) {
+      for (int s = 0; s < stage_count; ++s) {
+        for (int c = 0; c <= custom_max; ++c) {
+          cublasLtMatmulAlgo_t trial = algo;
+          cublasLtMatmulAlgoConfigSetAttribute(&trial, CUBLASLT_ALGO_CONFIG_TILE_ID, &tiles[t], sizeof(tiles[t]));
+          cublasLtMatmulAlgoConfigSetAttribute(&trial, CUBLASLT_ALGO_CONFIG_STAGES_ID, &stages[s], sizeof(stages[s]));
+          cublasLtMatmulAlgoConfigSetAttribute(&trial, CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION, &c, sizeof(c));
+          cublasLtMatmulHeuristicResult_t result = {};
+          if (cublasLtMatmulAlgoCheck(handle, p.op, p.w, p.x, p.out, p.out, &trial, &result) != CUBLAS_STATUS_SUCCESS)
+            continue;
+          if (result.workspaceSize > workspace_bytes) continue;
+          result.algo = trial;
+          found.push_back(result);
+          if (static_cast<int>(found.size()) >= most) return most;
+        }
+      }
+    }
+  }
+  return static_cast<int>(found.size());
 }
 
 // "algo=<id> tile=<id> stages=<id> splitk=<n> reduction=<id> swizzle=<n> custom=<n> cluster=<id> ws=<bytes>
