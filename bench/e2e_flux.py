@@ -32,7 +32,7 @@ import torch
 from fastdit import Pipeline
 from fastdit.models.dits.flux import flux_checkpoint_state_dict
 from fastdit.pipelines.cuda_graph import compile_model
-from fastdit.pipelines.flux import latent_image_ids, unpack_latents
+from fastdit.pipelines.flux import MODULATION_CHUNK, latent_image_ids, unpack_latents
 from fastdit.pipelines.request import GenerationRequest
 
 PROMPT = "a photograph of a red fox standing in fresh snow, morning light, 85mm"
@@ -114,8 +114,10 @@ def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def component_calls(name: str, pipe, peer, prompts: list[str], latents: torch.Tensor, height: int, width: int):
-    """{"dit_step", ["dit_step_eager",] "text_encode", "vae_decode"}: zero-argument calls on identical inputs
-    for one side. fastdit's dit_step is what its denoising loop calls (the CUDA graph when on)."""
+    """{"dit_step", ["dit_step_eager",] "text_encode", "vae_decode", "steps_per_call"}: zero-argument calls on
+    identical inputs for one side. fastdit's dit_step is what its denoising loop does: MODULATION_CHUNK steps
+    per call, i.e. one GEMM for their adaLN vectors (StepModulations) and then each step's DiT call (the CUDA
+    graph when on); a step is that call's time / steps_per_call. diffusers' is one transformer call."""
     recipe, batch, device = pipe.recipe, latents.shape[0], latents.device
     f2 = 2 * recipe.vae_scale_factor
     h2, w2 = 2 * (height // f2), 2 * (width // f2)  # unpacked latent sides
@@ -128,15 +130,27 @@ def component_calls(name: str, pipe, peer, prompts: list[str], latents: torch.Te
     if name.startswith("fastdit"):
         rope = recipe.transformer.rope(img_ids, txt_ids)  # once per request, as the recipe does
         args = (latents, embeds, pooled, t, img_ids, txt_ids, guidance)
-        return {"dit_step": lambda: recipe.denoiser(*args, rope=rope),
-                "dit_step_eager": lambda: recipe.transformer(*args, rope=rope),
-                "text_encode": lambda: recipe.encode_prompts(prompts, 1), "vae_decode": lambda: recipe.vae.decode(z)}
+        timesteps = torch.linspace(1.0, 0.1, MODULATION_CHUNK, device=device)[:, None].expand(-1, batch)
+
+        def loop_steps(model):
+            def run():
+                modulations = recipe.step_modulations(timesteps.to(pipe.dtype), guidance, pooled)
+                for i in range(MODULATION_CHUNK):
+                    extra = {} if modulations is None else {"modulation": modulations(i)}
+                    out = model(*args, rope=rope, **extra)
+                return out
+            return run
+
+        return {"dit_step": loop_steps(recipe.denoiser), "dit_step_eager": loop_steps(recipe.transformer),
+                "steps_per_call": MODULATION_CHUNK, "text_encode": lambda: recipe.encode_prompts(prompts, 1),
+                "vae_decode": lambda: recipe.vae.decode(z)}
 
     def peer_step():
         return peer.transformer(hidden_states=latents, encoder_hidden_states=embeds, pooled_projections=pooled,
                                 timestep=t, img_ids=img_ids, txt_ids=txt_ids, guidance=guidance, return_dict=False)
 
-    return {"dit_step": peer_step, "text_encode": lambda: peer.encode_prompt(prompts, prompt_2=None, device=device),
+    return {"dit_step": peer_step, "steps_per_call": 1,
+            "text_encode": lambda: peer.encode_prompt(prompts, prompt_2=None, device=device),
             "vae_decode": lambda: peer.vae.decode(z, return_dict=False)}
 
 
@@ -172,9 +186,10 @@ def bench_side(name, pipe, peer, batch, args, latents, device) -> dict:
     # that torch.compile's guards see the same tensors in the step timing and in the pipeline: no recompile
     with torch.inference_mode() if name.startswith("fastdit") else torch.no_grad():
         calls = component_calls(name, pipe, peer, prompts, latents, args.height, args.width)
-        row["dit_step_ms"] = time_ms(calls["dit_step"], args.iters, device, warmup=args.warmup)
+        steps = calls["steps_per_call"]
+        row["dit_step_ms"] = time_ms(calls["dit_step"], args.iters, device, warmup=args.warmup) / steps
         row["dit_step_per_image_ms"] = row["dit_step_ms"] / batch
-        row["dit_step_eager_ms"] = (time_ms(calls["dit_step_eager"], args.iters, device, warmup=args.warmup)
+        row["dit_step_eager_ms"] = (time_ms(calls["dit_step_eager"], args.iters, device, warmup=args.warmup) / steps
                                     if "dit_step_eager" in calls else float("nan"))
         row["text_encode_ms"] = time_ms(calls["text_encode"], args.iters, device)
         row["vae_decode_ms"] = time_ms(calls["vae_decode"], max(1, args.iters // 3), device)
@@ -215,9 +230,9 @@ def kernel_launchers(events) -> dict[str, Counter]:
     return launchers
 
 
-def kernel_breakdown(step, device: torch.device, top: int = 25) -> dict:
-    """CUDA time per kernel of one `step()` under the torch profiler: the `top` kernels (with the ops that
-    launched them) and per-group totals."""
+def kernel_breakdown(step, device: torch.device, top: int = 25, steps: int = 1) -> dict:
+    """CUDA time per kernel of one step under the torch profiler, `step()` running `steps` of them: the `top`
+    kernels (with the ops that launched them) and per-group totals, per step (times and calls / steps)."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
@@ -227,7 +242,7 @@ def kernel_breakdown(step, device: torch.device, top: int = 25) -> dict:
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             step()
             torch.cuda.synchronize(device)
-    kernels = [(e.key, e.self_device_time_total / 1e3, e.count) for e in prof.key_averages()
+    kernels = [(e.key, e.self_device_time_total / 1e3 / steps, e.count / steps) for e in prof.key_averages()
                if e.device_type == DeviceType.CUDA and e.self_device_time_total > 0]
     kernels.sort(key=lambda k: -k[1])
     launchers = kernel_launchers(prof.events())
@@ -250,7 +265,7 @@ def print_breakdown(breakdown: dict) -> None:
         print(f"  {group:>9}: {v['ms']:8.2f} ms  {100 * v['share']:5.1f}%")
     print(f"{'ms':>8} {'%':>5} {'calls':>5} {'group':>9}  kernel")
     for k in breakdown["top"]:
-        print(f"{k['ms']:8.2f} {100 * k['share']:5.1f} {k['calls']:5d} {k['group']:>9}  {k['kernel'][:100]}")
+        print(f"{k['ms']:8.2f} {100 * k['share']:5.1f} {k['calls']:5.3g} {k['group']:>9}  {k['kernel'][:100]}")
         if k["group"] in ("other", "norm") or "memset" in k["kernel"].lower():  # where the small kernels come from
             print(" " * 32 + "<- " + ", ".join(f"{chain[:90]} x{n}" for chain, n in k["launched_by"]))
 
@@ -315,7 +330,7 @@ def main() -> None:
     breakdown = None
     if device.type == "cuda" and args.profile_top > 0:
         calls = component_calls("fastdit", pipe, peer, [PROMPT], noise[args.batch[0]], args.height, args.width)
-        breakdown = kernel_breakdown(calls["dit_step_eager"], device, args.profile_top)
+        breakdown = kernel_breakdown(calls["dit_step_eager"], device, args.profile_top, calls["steps_per_call"])
     rows = []
     # compiled sides last: nn.Module.compile is in place, every later call of that model runs compiled
     for name in sorted(args.sides, key=SIDES.index):

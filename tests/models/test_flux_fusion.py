@@ -194,3 +194,39 @@ def test_double_block_chain_equals_per_block_forward(fuse):
         for i, block in enumerate(model.transformer_blocks):
             want_img, want_txt = block(want_img, want_txt, mods[2 * i], mods[2 * i + 1], rope)
     assert _rel_l2(got_img, want_img) <= 1e-6 and _rel_l2(got_txt, want_txt) <= 1e-6
+
+
+@pytest.mark.parametrize("guidance_embeds", [True, False])
+def test_modulation_table_rows_equal_each_steps_own(guidance_embeds):
+    """modulation_table computes several steps' adaLN vectors in one GEMM; forward(modulation=row) equals the
+    forward that computes its own, step by step (fp32, batch 2, 5 steps with distinct timesteps)."""
+    config = FluxTransformerConfig(**TINY, guidance_embeds=guidance_embeds)
+    model = build_module(lambda: FluxTransformer2DModel(config, fuse_projections=True), torch.float32, "cpu")
+    init_dummy_weights(model, seed=5)
+    inputs = _inputs(2, 3, 4, 5, guidance_embeds, seed=12)
+    timesteps = torch.rand(5, 2, generator=torch.Generator().manual_seed(3))  # [steps, B], as the loop passes them
+    with torch.no_grad():
+        table = model.modulation_table(timesteps, inputs["guidance"], inputs["pooled_projections"])
+        assert table.shape == (5, 2, sum(model.modulation_sizes))
+        for step in range(5):
+            own = torch.cat(model.modulations(model.silu_temb(timesteps[step], inputs["guidance"],
+                                                              inputs["pooled_projections"])), dim=1)
+            assert _rel_l2(table[step], own) <= 1e-6
+            step_inputs = {**inputs, "timestep": timesteps[step]}
+            assert _rel_l2(model(**step_inputs, modulation=table[step]), model(**step_inputs)) <= 1e-6
+        # the row is what the step uses: with step 0's row, step 4's timestep changes nothing
+        first = {**inputs, "timestep": timesteps[0]}
+        assert _rel_l2(model(**{**inputs, "timestep": timesteps[4]}, modulation=table[0]), model(**first)) <= 1e-6
+
+
+def test_modulation_table_rejects_bad_input():
+    config = FluxTransformerConfig(**TINY, guidance_embeds=True)
+    plain = build_module(lambda: FluxTransformer2DModel(config), torch.float32, "cpu")
+    fused = build_module(lambda: FluxTransformer2DModel(config, fuse_projections=True), torch.float32, "cpu")
+    inputs = _inputs(2, 2, 2, 3, True, seed=1)
+    with pytest.raises(ValueError, match="fuse_projections=True"):
+        plain.modulation_table(torch.rand(3, 2), inputs["guidance"], inputs["pooled_projections"])
+    with pytest.raises(ValueError, match="fuse_projections=True"):
+        plain(**inputs, modulation=torch.zeros(2, sum(plain.modulation_sizes)))
+    with pytest.raises(ValueError, match=r"not \[B, \.\.\.\] / \[B\]"):
+        fused.modulation_table(torch.rand(3, 4), inputs["guidance"], inputs["pooled_projections"])

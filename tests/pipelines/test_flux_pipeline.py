@@ -9,7 +9,7 @@ import torch
 from tiny_flux import save_tiny_flux
 
 from fastdit import Pipeline
-from fastdit.pipelines.flux import latent_image_ids, pack_latents, unpack_latents
+from fastdit.pipelines.flux import MODULATION_CHUNK, latent_image_ids, pack_latents, unpack_latents
 from fastdit.pipelines.request import GenerationRequest
 
 TOL = 1e-4
@@ -71,6 +71,22 @@ def test_true_cfg_and_batch_match_diffusers(pipes):
     without_cfg = ours(prompts, latents=latents.clone(), output_type="latent", show_progress=False,
                        **{**kwargs, "true_cfg_scale": 1.0})
     assert rel_l2(without_cfg, expected) > 1e-3  # the negative pass changed the result
+
+
+def test_steps_adaln_vectors_come_a_chunk_at_a_time(pipes, monkeypatch):
+    """The loop computes the adaLN vectors of MODULATION_CHUNK steps in one GEMM (StepModulations): 10 steps
+    with true CFG make 2 chunks per prompt side (8 + 2 steps), and still match diffusers."""
+    ours, peer = pipes
+    model = ours.recipe.transformer
+    chunks, table = [], model.modulation_table
+    monkeypatch.setattr(model, "modulation_table", lambda t, g, p: chunks.append(t.shape[0]) or table(t, g, p))
+    latents = _noise(2, 32, 32, seed=4)
+    kwargs = dict(height=32, width=32, num_inference_steps=10, guidance_scale=3.5, negative_prompt="blurry",
+                  true_cfg_scale=2.0, num_images_per_prompt=2)
+    expected = peer("a red fox", latents=latents.clone(), output_type="latent", **kwargs).images
+    got = ours("a red fox", latents=latents.clone(), output_type="latent", show_progress=False, **kwargs)
+    assert MODULATION_CHUNK == 8 and chunks == [8, 8, 2, 2]
+    assert rel_l2(got, expected) <= TOL
 
 
 def test_images_match_diffusers_pixels_and_timings(pipes):

@@ -362,10 +362,13 @@ def flux_fuse_table(config: FluxTransformerConfig) -> dict[str, tuple[str, ...]]
 class FluxTransformer2DModel(nn.Module):
     """forward(hidden_states [B, S_img, in_ch], encoder_hidden_states [B, S_txt, joint_dim],
     pooled_projections [B, pool_dim], timestep [B] (t / 1000, as FluxPipeline passes it), img_ids [S_img, 3],
-    txt_ids [S_txt, 3], guidance [B] | None, rope=None) -> [B, S_img, out_dim].
+    txt_ids [S_txt, 3], guidance [B] | None, rope=None, modulation=None) -> [B, S_img, out_dim].
 
     `rope` is `model.rope(img_ids, txt_ids)`, computed once per request by the caller; when None it is
-    computed here. `set_attn_op(op)` swaps the attention op of every block (sequence parallel uses it).
+    computed here. `modulation` [B, sum(modulation_sizes)] is this step's row of `model.modulation_table(...)`
+    (fused models): the conditioning of several steps computed ahead in one GEMM; when None (or unfused) the
+    step computes its own from timestep, guidance and pooled_projections. `set_attn_op(op)` swaps the attention
+    op of every block (sequence parallel uses it).
     fuse_projections=True builds the fused layout of flux_fuse_table (same numbers, fewer GEMMs)."""
 
     def __init__(self, config: FluxTransformerConfig, attn_op: AttnOp | None = None,
@@ -412,17 +415,46 @@ class FluxTransformer2DModel(nn.Module):
             return list(self.modulation(silu_temb).split(self.modulation_sizes, dim=1))
         return [self.get_submodule(key)(silu_temb) for key in modulation_keys(self.config)]
 
+    def silu_temb(self, timestep: torch.Tensor, guidance: torch.Tensor | None,
+                  pooled_projections: torch.Tensor) -> torch.Tensor:
+        """silu(conditioning embedding) [N, D] for N rows of (timestep [N] as forward takes it, guidance [N],
+        pooled [N, pool_dim]). As diffusers, t and g are rounded to the model's dtype before the scaling by
+        1000."""
+        dtype = self.x_embedder.weight.dtype
+        timestep = timestep.to(dtype) * 1000
+        guidance = None if guidance is None else guidance.to(dtype) * 1000
+        return F.silu(self.time_text_embed(timestep, guidance, pooled_projections))
+
+    def modulation_table(self, timestep: torch.Tensor, guidance: torch.Tensor | None,
+                         pooled_projections: torch.Tensor) -> torch.Tensor:
+        """The `modulation` argument of forward for several steps at once: timestep [T, B] (each step's
+        forward timestep), guidance [B] | None and pooled_projections [B, pool_dim] (the same every step) ->
+        [T, B, sum(modulation_sizes)], one fused GEMM for all T * B rows. The modulation weights (6.5 GB for
+        FLUX.1-dev) are then read once for T steps instead of once per step. Fused models only."""
+        if not self.fuse_projections:
+            raise ValueError("modulation_table needs a model built with fuse_projections=True")
+        steps, batch = timestep.shape
+        if pooled_projections.shape[0] != batch or (guidance is not None and guidance.shape != (batch,)):
+            raise ValueError(f"modulation_table: timestep {tuple(timestep.shape)} is [steps, B] but pooled "
+                             f"{tuple(pooled_projections.shape)} / guidance "
+                             f"{None if guidance is None else tuple(guidance.shape)} are not [B, ...] / [B]")
+        rows = self.silu_temb(timestep.reshape(-1), None if guidance is None else guidance.repeat(steps),
+                              pooled_projections.repeat(steps, 1))
+        return self.modulation(rows).view(steps, batch, -1)
+
     def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
                 pooled_projections: torch.Tensor, timestep: torch.Tensor, img_ids: torch.Tensor,
-                txt_ids: torch.Tensor, guidance: torch.Tensor | None = None, rope: Rope | None = None) -> torch.Tensor:
+                txt_ids: torch.Tensor, guidance: torch.Tensor | None = None, rope: Rope | None = None,
+                modulation: torch.Tensor | None = None) -> torch.Tensor:
         img = self.x_embedder(hidden_states)  # [B, S_img, D]
         txt = self.context_embedder(encoder_hidden_states)  # [B, S_txt, D]
         txt_len = txt.shape[1]
-        # conditioning: diffusers rounds t and g to the activation dtype before scaling by 1000
-        timestep = timestep.to(img.dtype) * 1000
-        guidance = None if guidance is None else guidance.to(img.dtype) * 1000
-        silu_temb = F.silu(self.time_text_embed(timestep, guidance, pooled_projections))  # [B, D]
-        mods = iter(self.modulations(silu_temb))
+        if modulation is not None:
+            if not self.fuse_projections:
+                raise ValueError("modulation= needs a model built with fuse_projections=True (modulation_table)")
+            mods = iter(modulation.split(self.modulation_sizes, dim=1))
+        else:
+            mods = iter(self.modulations(self.silu_temb(timestep, guidance, pooled_projections)))
         if rope is None:
             rope = self.rope(img_ids, txt_ids)
         img, txt = self._double_stream(img, txt, [next(mods) for _ in range(2 * len(self.transformer_blocks))], rope)
