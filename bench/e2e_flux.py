@@ -132,9 +132,9 @@ def component_calls(name: str, pipe, peer, prompts: list[str], latents: torch.Te
         args = (latents, embeds, pooled, t, img_ids, txt_ids, guidance)
         timesteps = torch.linspace(1.0, 0.1, MODULATION_CHUNK, device=device)[:, None].expand(-1, batch)
 
-        def loop_steps(model):
+        def loop_steps(model, table: bool = True):
             def run():
-                modulations = recipe.step_modulations(timesteps.to(pipe.dtype), guidance, pooled)
+                modulations = recipe.step_modulations(timesteps.to(pipe.dtype), guidance, pooled) if table else None
                 for i in range(MODULATION_CHUNK):
                     extra = {} if modulations is None else {"modulation": modulations(i)}
                     out = model(*args, rope=rope, **extra)
@@ -143,7 +143,9 @@ def component_calls(name: str, pipe, peer, prompts: list[str], latents: torch.Te
 
         return {"dit_step": loop_steps(recipe.denoiser), "dit_step_eager": loop_steps(recipe.transformer),
                 "steps_per_call": MODULATION_CHUNK, "text_encode": lambda: recipe.encode_prompts(prompts, 1),
-                "vae_decode": lambda: recipe.vae.decode(z)}
+                "vae_decode": lambda: recipe.vae.decode(z),
+                # the A/B of --modulation-ab: every step computes its own adaLN vectors (one GEMV each)
+                "dit_step_own_modulation": loop_steps(recipe.denoiser, table=False)}
 
     def peer_step():
         return peer.transformer(hidden_states=latents, encoder_hidden_states=embeds, pooled_projections=pooled,
@@ -293,6 +295,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--kernel-backend", default="auto")
     parser.add_argument("--disable-cuda-graph", action="store_true", help="fastdit's steps eagerly")
     parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--modulation-ab", action="store_true",
+                        help="only fastdit's step with the adaLN vectors of 8 steps from one GEMM vs every step "
+                             "computing its own, timed round-robin in this process")
     args = parser.parse_args()
     preset = FULL if args.full else QUICK
     for key in ("steps", "batch", "sides"):
@@ -315,6 +320,26 @@ def print_table(rows: list[dict], steps: list[int]) -> None:
         print(" ".join(cell(r.get(c)) for c in columns))
 
 
+def modulation_ab(pipe, peer, latents: torch.Tensor, args) -> None:
+    """fastdit's graphed step, adaLN vectors from one GEMM per 8 steps (the loop's way) vs one per step,
+    timed round-robin (bench/timer.py time_interleaved) so that both see the same clocks."""
+    from timer import time_interleaved
+
+    if latents.device.type != "cuda":
+        raise SystemExit("--modulation-ab times CUDA events: it needs --device cuda")
+    with torch.inference_mode():
+        calls = component_calls("fastdit", pipe, peer, [PROMPT] * latents.shape[0], latents, args.height, args.width)
+        times = time_interleaved({"table": calls["dit_step"], "own": calls["dit_step_own_modulation"]},
+                                 warmup=args.warmup, rounds=args.iters, cold_l2=False)
+    steps = calls["steps_per_call"]
+    table, own = times["table"].median_ms / steps, times["own"].median_ms / steps
+    print(f"fastdit step, batch {latents.shape[0]}, median of {args.iters} rounds of {steps} steps: adaLN vectors "
+          f"of {steps} steps from one GEMM {table:.2f} ms, each step its own {own:.2f} ms ({own / table:.3f}x)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"batch": latents.shape[0], "table_ms": table, "own_ms": own, "steps_per_call": steps}, f)
+
+
 def main() -> None:
     args = parse_args()
     device = torch.device(args.device)
@@ -327,6 +352,9 @@ def main() -> None:
     # the same initial latents for every side at a batch size: [B, S_img, 4C], seeded on the CPU
     noise = {b: torch.randn(b, tokens, in_channels, generator=torch.Generator().manual_seed(b)).to(device, pipe.dtype)
              for b in args.batch}
+    if args.modulation_ab:
+        modulation_ab(pipe, peer, noise[args.batch[0]], args)
+        return
     breakdown = None
     if device.type == "cuda" and args.profile_top > 0:
         calls = component_calls("fastdit", pipe, peer, [PROMPT], noise[args.batch[0]], args.height, args.width)
