@@ -366,9 +366,9 @@ class FluxTransformer2DModel(nn.Module):
 
     `rope` is `model.rope(img_ids, txt_ids)`, computed once per request by the caller; when None it is
     computed here. `modulation` [B, sum(modulation_sizes)] is this step's row of `model.modulation_table(...)`
-    (fused models): the conditioning of several steps computed ahead in one GEMM; when None (or unfused) the
-    step computes its own from timestep, guidance and pooled_projections. `set_attn_op(op)` swaps the attention
-    op of every block (sequence parallel uses it).
+    (fused models only): the conditioning of several steps computed ahead in one GEMM, and timestep, guidance
+    and pooled_projections are then not read; when None the step computes its own from them.
+    `set_attn_op(op)` swaps the attention op of every block (sequence parallel uses it).
     fuse_projections=True builds the fused layout of flux_fuse_table (same numbers, fewer GEMMs)."""
 
     def __init__(self, config: FluxTransformerConfig, attn_op: AttnOp | None = None,
