@@ -133,19 +133,22 @@ def component_calls(name: str, pipe, peer, prompts: list[str], latents: torch.Te
         timesteps = torch.linspace(1.0, 0.1, MODULATION_CHUNK, device=device)[:, None].expand(-1, batch)
 
         def loop_steps(model, table: bool = True):
+            # model() is looked up per call: a GraphedDenoiser held here would keep its graphs' memory pool
+            # alive after release_graphs, into the pipeline's peak-memory run
             def run():
                 modulations = recipe.step_modulations(timesteps.to(pipe.dtype), guidance, pooled) if table else None
                 for i in range(MODULATION_CHUNK):
                     extra = {} if modulations is None else {"modulation": modulations(i)}
-                    out = model(*args, rope=rope, **extra)
+                    out = model()(*args, rope=rope, **extra)
                 return out
             return run
 
-        return {"dit_step": loop_steps(recipe.denoiser), "dit_step_eager": loop_steps(recipe.transformer),
+        return {"dit_step": loop_steps(lambda: recipe.denoiser),
+                "dit_step_eager": loop_steps(lambda: recipe.transformer),
                 "steps_per_call": MODULATION_CHUNK, "text_encode": lambda: recipe.encode_prompts(prompts, 1),
                 "vae_decode": lambda: recipe.vae.decode(z),
                 # the A/B of --modulation-ab: every step computes its own adaLN vectors (one GEMV each)
-                "dit_step_own_modulation": loop_steps(recipe.denoiser, table=False)}
+                "dit_step_own_modulation": loop_steps(lambda: recipe.denoiser, table=False)}
 
     def peer_step():
         return peer.transformer(hidden_states=latents, encoder_hidden_states=embeds, pooled_projections=pooled,
