@@ -32,7 +32,7 @@ import torch
 from fastdit import Pipeline
 from fastdit.models.dits.flux import flux_checkpoint_state_dict
 from fastdit.pipelines.cuda_graph import compile_model
-from fastdit.pipelines.flux import MODULATION_CHUNK, latent_image_ids, unpack_latents
+from fastdit.pipelines.flux import MODULATION_ROWS, latent_image_ids, unpack_latents
 from fastdit.pipelines.request import GenerationRequest
 
 PROMPT = "a photograph of a red fox standing in fresh snow, morning light, 85mm"
@@ -115,9 +115,10 @@ def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def component_calls(name: str, pipe, peer, prompts: list[str], latents: torch.Tensor, height: int, width: int):
     """{"dit_step", ["dit_step_eager",] "text_encode", "vae_decode", "steps_per_call"}: zero-argument calls on
-    identical inputs for one side. fastdit's dit_step is what its denoising loop does: MODULATION_CHUNK steps
-    per call, i.e. one GEMM for their adaLN vectors (StepModulations) and then each step's DiT call (the CUDA
-    graph when on); a step is that call's time / steps_per_call. diffusers' is one transformer call."""
+    identical inputs for one side. fastdit's dit_step is what its denoising loop does: MODULATION_ROWS steps
+    per call, with the adaLN vectors of MODULATION_ROWS // B steps from each modulation GEMM (StepModulations)
+    and each step's DiT call (the CUDA graph when on); a step is that call's time / steps_per_call. diffusers'
+    is one transformer call."""
     recipe, batch, device = pipe.recipe, latents.shape[0], latents.device
     f2 = 2 * recipe.vae_scale_factor
     h2, w2 = 2 * (height // f2), 2 * (width // f2)  # unpacked latent sides
@@ -130,14 +131,14 @@ def component_calls(name: str, pipe, peer, prompts: list[str], latents: torch.Te
     if name.startswith("fastdit"):
         rope = recipe.transformer.rope(img_ids, txt_ids)  # once per request, as the recipe does
         args = (latents, embeds, pooled, t, img_ids, txt_ids, guidance)
-        timesteps = torch.linspace(1.0, 0.1, MODULATION_CHUNK, device=device)[:, None].expand(-1, batch)
+        timesteps = torch.linspace(1.0, 0.1, MODULATION_ROWS, device=device)[:, None].expand(-1, batch)
 
         def loop_steps(model, table: bool = True):
             # model() is looked up per call: a GraphedDenoiser held here would keep its graphs' memory pool
             # alive after release_graphs, into the pipeline's peak-memory run
             def run():
                 modulations = recipe.step_modulations(timesteps.to(pipe.dtype), guidance, pooled) if table else None
-                for i in range(MODULATION_CHUNK):
+                for i in range(MODULATION_ROWS):
                     extra = {} if modulations is None else {"modulation": modulations(i)}
                     out = model()(*args, rope=rope, **extra)
                 return out
@@ -145,7 +146,7 @@ def component_calls(name: str, pipe, peer, prompts: list[str], latents: torch.Te
 
         return {"dit_step": loop_steps(lambda: recipe.denoiser),
                 "dit_step_eager": loop_steps(lambda: recipe.transformer),
-                "steps_per_call": MODULATION_CHUNK, "text_encode": lambda: recipe.encode_prompts(prompts, 1),
+                "steps_per_call": MODULATION_ROWS, "text_encode": lambda: recipe.encode_prompts(prompts, 1),
                 "vae_decode": lambda: recipe.vae.decode(z),
                 # the A/B of --modulation-ab: every step computes its own adaLN vectors (one GEMV each)
                 "dit_step_own_modulation": loop_steps(lambda: recipe.denoiser, table=False)}
@@ -299,8 +300,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--disable-cuda-graph", action="store_true", help="fastdit's steps eagerly")
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--modulation-ab", action="store_true",
-                        help="only fastdit's step with the adaLN vectors of 8 steps from one GEMM vs every step "
-                             "computing its own, timed round-robin in this process")
+                        help="only fastdit's step with the adaLN vectors of several steps per GEMM (the loop's "
+                             "way) vs every step computing its own, timed round-robin in this process")
     args = parser.parse_args()
     preset = FULL if args.full else QUICK
     for key in ("steps", "batch", "sides"):
@@ -324,7 +325,7 @@ def print_table(rows: list[dict], steps: list[int]) -> None:
 
 
 def modulation_ab(pipe, peer, latents: torch.Tensor, args) -> None:
-    """fastdit's graphed step, adaLN vectors from one GEMM per 8 steps (the loop's way) vs one per step,
+    """fastdit's graphed step, adaLN vectors of several steps per GEMM (the loop's way) vs one GEMM per step,
     timed round-robin (bench/timer.py time_interleaved) so that both see the same clocks."""
     from timer import time_interleaved
 
@@ -336,8 +337,10 @@ def modulation_ab(pipe, peer, latents: torch.Tensor, args) -> None:
                                  warmup=args.warmup, rounds=args.iters, cold_l2=False)
     steps = calls["steps_per_call"]
     table, own = times["table"].median_ms / steps, times["own"].median_ms / steps
-    print(f"fastdit step, batch {latents.shape[0]}, median of {args.iters} rounds of {steps} steps: adaLN vectors "
-          f"of {steps} steps from one GEMM {table:.2f} ms, each step its own {own:.2f} ms ({own / table:.3f}x)")
+    batch = latents.shape[0]
+    print(f"fastdit step, batch {batch}, median of {args.iters} rounds of {steps} steps: adaLN vectors of "
+          f"{max(1, MODULATION_ROWS // batch)} steps per GEMM {table:.2f} ms, each step its own {own:.2f} ms "
+          f"({own / table:.3f}x)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"batch": latents.shape[0], "table_ms": table, "own_ms": own, "steps_per_call": steps}, f)

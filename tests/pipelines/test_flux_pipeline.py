@@ -9,7 +9,7 @@ import torch
 from tiny_flux import save_tiny_flux
 
 from fastdit import Pipeline
-from fastdit.pipelines.flux import MODULATION_CHUNK, latent_image_ids, pack_latents, unpack_latents
+from fastdit.pipelines.flux import MODULATION_ROWS, latent_image_ids, pack_latents, unpack_latents
 from fastdit.pipelines.request import GenerationRequest
 
 TOL = 1e-4
@@ -73,19 +73,21 @@ def test_true_cfg_and_batch_match_diffusers(pipes):
     assert rel_l2(without_cfg, expected) > 1e-3  # the negative pass changed the result
 
 
-def test_steps_adaln_vectors_come_a_chunk_at_a_time(pipes, monkeypatch):
-    """The loop computes the adaLN vectors of MODULATION_CHUNK steps in one GEMM (StepModulations): 10 steps
-    with true CFG make 2 chunks per prompt side (8 + 2 steps), and still match diffusers."""
+@pytest.mark.parametrize("images, chunks", [(1, [8, 8, 2, 2]), (2, [4, 4, 4, 4, 2, 2]), (8, [1] * 20)])
+def test_steps_adaln_vectors_come_a_chunk_at_a_time(pipes, monkeypatch, images, chunks):
+    """The loop computes the adaLN vectors of MODULATION_ROWS // batch steps in one GEMM (StepModulations):
+    10 steps with true CFG, batch 1: chunks of 8 + 2 steps per prompt side (positive and negative in turn);
+    batch 2: 4 + 4 + 2; batch 8: one step at a time. Each still matches diffusers."""
     ours, peer = pipes
     model = ours.recipe.transformer
-    chunks, table = [], model.modulation_table
-    monkeypatch.setattr(model, "modulation_table", lambda t, g, p: chunks.append(t.shape[0]) or table(t, g, p))
-    latents = _noise(2, 32, 32, seed=4)
+    computed, table = [], model.modulation_table
+    monkeypatch.setattr(model, "modulation_table", lambda t, g, p: computed.append(t.shape[0]) or table(t, g, p))
+    latents = _noise(images, 32, 32, seed=4)
     kwargs = dict(height=32, width=32, num_inference_steps=10, guidance_scale=3.5, negative_prompt="blurry",
-                  true_cfg_scale=2.0, num_images_per_prompt=2)
+                  true_cfg_scale=2.0, num_images_per_prompt=images)
     expected = peer("a red fox", latents=latents.clone(), output_type="latent", **kwargs).images
     got = ours("a red fox", latents=latents.clone(), output_type="latent", show_progress=False, **kwargs)
-    assert MODULATION_CHUNK == 8 and chunks == [8, 8, 2, 2]
+    assert MODULATION_ROWS == 8 and computed == chunks
     assert rel_l2(got, expected) <= TOL
 
 

@@ -41,10 +41,10 @@ from fastdit.pipelines.runner import timed_steps
 from fastdit.pipelines.save import SaveTarget, save_images
 from fastdit.schedulers.flow_match_euler import FlowMatchEulerScheduler, FlowMatchEulerSchedulerConfig
 
-# Steps whose adaLN vectors one GEMM computes ahead (StepModulations): FLUX.1-dev's modulation weights (6.5 GB)
-# are then read once per 8 steps instead of every step (a 2.2 ms GEMV per step on an H100), for a table of
-# 8 x 1.06M bf16 values (17 MB) per image.
-MODULATION_CHUNK = 8
+# Rows (steps x batch) of one modulation GEMM computed ahead (StepModulations): FLUX.1-dev's modulation weights
+# (6.5 GB, a 2.2 ms memory-bound GEMM on an H100 at any row count up to this) are then read once for 8 image-
+# steps instead of once per step, and the table holds 8 x 1.06M bf16 values (17 MB) whatever the batch.
+MODULATION_ROWS = 8
 T5_MAX_SEQUENCE_LENGTH = 512  # FluxPipeline's max_sequence_length default (FLUX.1-dev was trained with 512)
 # diffusers' FluxPipeline: default_sample_size 128 latent pixels -> 1024 px with the 8x VAE.
 DEFAULT_SAMPLE_SIZE = 128
@@ -52,20 +52,23 @@ DEFAULT_SAMPLE_SIZE = 128
 
 class StepModulations:
     """Each denoising step's `modulation` argument for the transformer (FluxTransformer2DModel.modulation_table),
-    computed MODULATION_CHUNK steps at a time as the loop reaches them: step i's row is [B, sum n_i].
+    computed `chunk` = max(1, MODULATION_ROWS // B) steps at a time as the loop reaches them: step i's row is
+    [B, sum n_i]. (From batch 8 on that is one step at a time, as the step itself would compute it.)
 
     timesteps [T, B] are the steps' forward timesteps (t / 1000 in the latents' dtype, as the loop passes
     them); guidance [B] | None and pooled [B, pool_dim] are the same every step. Nothing here reads a GPU value
     on the host."""
 
     def __init__(self, model: FluxTransformer2DModel, timesteps: torch.Tensor, guidance: torch.Tensor | None,
-                 pooled: torch.Tensor, chunk: int = MODULATION_CHUNK) -> None:
-        self.model, self.timesteps, self.guidance, self.pooled, self.chunk = model, timesteps, guidance, pooled, chunk
+                 pooled: torch.Tensor) -> None:
+        self.model, self.timesteps, self.guidance, self.pooled = model, timesteps, guidance, pooled
+        self.chunk = max(1, MODULATION_ROWS // timesteps.shape[1])
         self._start, self._table = -1, None
 
     def __call__(self, step: int) -> torch.Tensor:
         start = step - step % self.chunk
         if start != self._start:
+            self._table = None  # the last chunk's table is free before the next one is allocated
             self._table = self.model.modulation_table(self.timesteps[start : start + self.chunk], self.guidance,
                                                       self.pooled)
             self._start = start
