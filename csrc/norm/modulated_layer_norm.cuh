@@ -3,9 +3,9 @@
 //   layer_norm_modulate:           y = LN(x) * (1 + scale) + shift
 //   gated_residual_norm_modulate:  r = round(residual + gate * x);  y = LN(r) * (1 + scale) + shift
 //
-// LN has no affine, statistics in fp32: each thread takes the mean and centred sum of squares of its own
-// elements (one pass over its registers, shifted by its first element), then the row merges them (Chan's
-// formula, row_vectors.cuh): one reduction per row.
+// LN has no affine, statistics in fp32: each thread sums v - k and (v - k)^2 over its own elements (one pass
+// over its registers; k = the mean of the row's first 8 elements, the same in every thread), and one
+// reduction per row adds the partial sums up (row_sums<2>, row_layout.cuh); see the kernel for why k.
 // r is rounded to T before the norm, as the reference computes it. x, residual, r and y are contiguous
 // [batch, seq, dim]. shift/scale/gate are ModulationViews: [batch, dim] per sample (seq_stride 0) or
 // [batch, seq, dim] per token, with any batch/seq strides, so the strided views of temb.chunk(6, dim=1)
