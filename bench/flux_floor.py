@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import itertools
 import json
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from timer import capture, time_sustained
+from timer import capture, time_cuda, time_sustained
 
 # (name, M, K, N, ldw, epilogue, calls per step at 1024^2 batch 1); epilogue 1: bias, 2: bias + GELU(tanh),
 # 3: accumulate into the output (beta = 1). ldw > K: the weight is a column slice of a wider one (proj_out).
@@ -119,16 +120,10 @@ def row(label, config: str, tflop: float, per_step: int, t, err: float) -> dict:
 
 
 def burst_ms(call, reps: int = 3) -> float:
-    """ms per call over `reps` direct calls queued behind a spin (a quick ranking, not a graph)."""
-    call(0)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda._sleep(1_000_000)
-    start.record()
-    for r in range(reps):
-        call(r % SETS)
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / reps
+    """Median ms of `reps` direct calls cycling over the operand sets (bench/timer.py time_cuda, one warm-up
+    call): a quick ranking, not a graph."""
+    sets = itertools.cycle(range(SETS))
+    return time_cuda(lambda: call(next(sets)), warmup=1, iters=reps, cold_l2=False).median_ms
 
 
 def lt_candidates(gemm: Gemm, candidates: int, enumerate_most: int) -> tuple[list[int], str]:

@@ -28,7 +28,7 @@ import json
 import time
 
 import torch
-from timer import copy_bandwidth_gbs, time_cuda  # bench/timer.py: scripts here run as files, their folder on sys.path
+from timer import capture, copy_bandwidth_gbs, time_cuda  # bench/timer.py: scripts here run as files, their folder on sys.path
 
 from fastdit import ops
 from fastdit.ops import _library
@@ -121,13 +121,8 @@ def back_to_back_us(calls: list, iters: int) -> float:
     """GPU microseconds per call when the calls (each on its own buffers, so every call's bytes come from DRAM)
     run back to back in one CUDA graph, as the ops run inside a graphed model step: a call's launch and ramp
     overlap the previous call's tail instead of being timed alone."""
-    for call in calls:  # lazy initialisation and one-time logging outside the capture
-        call()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for call in calls:
-            call()
+    # each call once outside the capture first: lazy initialisation and one-time logging
+    graph = capture(lambda i: calls[i](), len(calls), len(calls))
     us = time_cuda(graph.replay, warmup=2, iters=iters).median_ms * 1e3 / len(calls)
     del graph
     return us
